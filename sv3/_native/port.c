@@ -1,0 +1,310 @@
+/* port.c - one breath of a guest port: guest TX vring -> rings to other
+ * ports, rings from other ports -> guest RX vring.  Python calls
+ * sv3_port_run() once per batch of breaths, never per frame.
+ *
+ * Copy budget: guest TX buffer -> ring record (1 copy per destination),
+ * ring record -> guest RX buffer (1 copy).  Source frames are read-only.
+ */
+#include "vring.h"
+
+#define RX_MAX_SEGS 256       /* buffers per frame written to a guest */
+
+static void broke(struct sv3_port *p, uint32_t vring, int reason)
+{
+    if (!p->broken) {
+        p->broken = (uint8_t)reason;
+        p->broken_vring = (uint8_t)vring;
+    }
+}
+
+static void enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t nsegs,
+                    uint32_t hdr_len, uint32_t flen)
+{
+    struct sv3_frame *f = sv3_ring_reserve(o, flen);
+    if (!f)
+        return;
+    memset(f, 0, sizeof *f);
+    f->len = flen;
+    sv3_copy_from_segs(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen);
+    sv3_ring_commit(o, flen);
+}
+
+/* One guest TX frame (its chain already walked) to its destination(s). */
+static void forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint64_t total)
+{
+    uint8_t hdr[12 + 14];
+    uint32_t hl = p->hdr_len, flen, i;
+    int d;
+
+    if (total < hl + 14) {
+        p->ctr->drop_runt++;
+        return;
+    }
+    if (total - hl > SV3_MAX_FRAME) {
+        p->ctr->drop_oversize++;
+        return;
+    }
+    flen = (uint32_t)(total - hl);
+    sv3_copy_from_segs(segs, nsegs, 0, hdr, hl + 14);
+    if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || hdr[1] != 0) {
+        p->ctr->drop_bad_header++;   /* no CSUM/HOST_TSO offered (yet) */
+        return;
+    }
+    p->ctr->rx_frames++;
+    p->ctr->rx_bytes += flen;
+    d = sv3_forward_decision(p, hdr + hl, flen, NULL);
+    if (d >= 0) {
+        enqueue(&p->out[d], segs, nsegs, hl, flen);
+    } else if (d == SV3_FWD_FLOOD) {
+        p->ctr->flood_frames++;
+        for (i = 0; i < p->npeers; i++)
+            enqueue(&p->out[i], segs, nsegs, hl, flen);
+    }
+}
+
+/* Guest TX: take up to batch chains, forward them, return them used. */
+int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
+{
+    struct sv3_seg segs[SV3_MAX_SEGS];
+    uint32_t nsegs, i, k, vi = (uint32_t)(vr - p->vr);
+    uint64_t total;
+    uint16_t n, head;
+    int rc;
+
+    if (!vr->started || p->broken)
+        return 0;
+    rc = sv3_vring_pending(p, vr, &n);
+    if (rc) {
+        broke(p, vi, rc);
+        return 0;
+    }
+    if (n > p->batch)
+        n = p->batch;
+    for (i = 0; i < n; i++) {
+        head = *avail_ring(vr, vr->last_avail_idx & (vr->num - 1));
+        if (head >= vr->num) {
+            broke(p, vi, SV3_BROKEN_HEAD);
+            break;
+        }
+        rc = sv3_walk_chain(p, vr, head, 0, segs, SV3_MAX_SEGS, &nsegs, &total);
+        if (rc) {
+            broke(p, vi, rc);
+            break;
+        }
+        vr->last_avail_idx++;
+        if (vr->enabled)
+            forward_chain(p, segs, nsegs, total);   /* disabled: consume and drop */
+        used_elem(vr, vr->used_idx & (vr->num - 1))->id = head;
+        used_elem(vr, vr->used_idx & (vr->num - 1))->len = 0;
+        vr->used_idx++;
+    }
+    sv3_store_release16(used_idx(vr), vr->used_idx);
+    for (k = 0; k < p->npeers; k++)
+        sv3_ring_publish(&p->out[k]);
+    sv3_vring_signal(p, vr);
+    return (int)i;
+}
+
+/* Guest buffers for one frame of need bytes (header included).  Takes
+ * chains from avail without consuming them.  Returns the number of chains
+ * (0: not enough buffers now; -1: the frame can never fit; -2: broken). */
+static int gather_rx(struct sv3_port *p, struct sv3_vring *vr, uint16_t avail, uint64_t need,
+                     struct sv3_seg *segs, uint32_t *nsegs, uint16_t *heads, uint32_t *caps)
+{
+    uint32_t vi = (uint32_t)(vr - p->vr), k = 0, ns;
+    uint64_t have = 0, cap;
+    int rc;
+
+    *nsegs = 0;
+    while (have < need) {
+        if (k >= avail)
+            return 0;
+        if (k > 0 && !p->mrg_rxbuf)
+            return -1;
+        uint16_t head = *avail_ring(vr, (uint16_t)(vr->last_avail_idx + k) & (vr->num - 1));
+        if (head >= vr->num) {
+            broke(p, vi, SV3_BROKEN_HEAD);
+            return -2;
+        }
+        rc = sv3_walk_chain(p, vr, head, 1, segs + *nsegs, RX_MAX_SEGS - *nsegs, &ns, &cap);
+        if (rc == SV3_BROKEN_SEGS)
+            return -1;
+        if (rc) {
+            broke(p, vi, rc);
+            return -2;
+        }
+        if (k == 0 && (ns == 0 || segs[0].len < p->hdr_len))
+            return -1;   /* the header must sit in the first buffer */
+        *nsegs += ns;
+        heads[k] = head;
+        caps[k] = (uint32_t)(cap < need - have ? cap : need - have);
+        have += cap;
+        k++;
+    }
+    return (int)k;
+}
+
+/* Write one frame from a ring into the gathered guest buffers. */
+static void deliver(struct sv3_port *p, struct sv3_vring *vr, const struct sv3_frame *f,
+                    const struct sv3_seg *segs, uint32_t nsegs, const uint16_t *heads,
+                    const uint32_t *lens, int nchains)
+{
+    uint8_t hdr[12] = {0};
+    int k;
+
+    hdr[10] = (uint8_t)nchains;          /* num_buffers, le16 */
+    hdr[11] = (uint8_t)(nchains >> 8);
+    sv3_copy_to_segs(segs, nsegs, 0, hdr, p->hdr_len);
+    sv3_copy_to_segs(segs, nsegs, p->hdr_len, (const uint8_t *)(f + 1), f->len);
+    for (k = 0; k < nchains; k++) {
+        volatile struct vring_used_elem *u = used_elem(vr, vr->used_idx & (vr->num - 1));
+        u->id = heads[k];
+        u->len = lens[k];
+        vr->used_idx++;
+    }
+    vr->last_avail_idx += (uint16_t)nchains;
+    p->ctr->tx_frames++;
+    p->ctr->tx_bytes += f->len;
+}
+
+/* Drain one inbound ring into the guest; returns frames handled, and
+ * sets p->rx_starved when the guest ran out of buffers. */
+static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_cons *c, uint16_t *avail)
+{
+    static __thread struct sv3_seg segs[RX_MAX_SEGS];
+    uint16_t heads[RX_MAX_SEGS];
+    uint32_t lens[RX_MAX_SEGS], nsegs;
+    const struct sv3_frame *f;
+    int done = 0, k;
+
+    while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
+        k = gather_rx(p, vr, *avail, (uint64_t)p->hdr_len + f->len, segs, &nsegs, heads, lens);
+        if (k == -2)
+            break;
+        if (k == 0) {
+            p->rx_starved = 1;
+            break;
+        }
+        if (k > 0) {
+            deliver(p, vr, f, segs, nsegs, heads, lens, k);
+            *avail -= (uint16_t)k;
+        } else {
+            p->ctr->drop_no_buffer++;    /* can never fit this guest's buffers */
+        }
+        sv3_ring_consume(c, f);
+        done++;
+    }
+    sv3_ring_release(c);
+    return done;
+}
+
+/* Frames nobody can take (guest RX ring stopped, disabled or broken). */
+static int discard_inbound(struct sv3_port *p)
+{
+    const struct sv3_frame *f;
+    uint32_t i;
+    int done = 0;
+
+    for (i = 0; i < p->nin; i++) {
+        while ((f = sv3_ring_peek(&p->inb[i])) != NULL) {
+            p->ctr->drop_no_buffer++;
+            sv3_ring_consume(&p->inb[i], f);
+            done++;
+        }
+        sv3_ring_release(&p->inb[i]);
+    }
+    return done;
+}
+
+int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
+{
+    uint32_t i, vi = (uint32_t)(vr - p->vr);
+    uint16_t avail;
+    int done = 0, rc;
+
+    p->rx_starved = 0;
+    if (!vr->started || !vr->enabled || p->broken)
+        return discard_inbound(p);
+    rc = sv3_vring_pending(p, vr, &avail);
+    if (rc) {
+        broke(p, vi, rc);
+        return 0;
+    }
+    for (i = 0; i < p->nin && !p->broken && !p->rx_starved; i++)
+        done += rx_ring(p, vr, &p->inb[i], &avail);
+    if (done) {
+        sv3_store_release16(used_idx(vr), vr->used_idx);
+        sv3_vring_signal(p, vr);
+    }
+    return done;
+}
+
+/* Up to max_breaths breaths while there is work; returns frames moved. */
+int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
+{
+    int total = 0, work;
+    uint32_t b;
+
+    for (b = 0; b < max_breaths; b++) {
+        work = sv3_tx_vring(p, &p->vr[1]) + sv3_rx_vring(p, &p->vr[0]);
+        p->ctr->breaths++;
+        total += work;
+        if (!work || p->nlearn >= SV3_LEARN_MAX / 2 || p->broken)
+            break;
+    }
+    return total;
+}
+
+/* Before sleeping: ask for kicks and doorbells, then re-check every source
+ * (a kick or frame that raced the arming is seen here).  1 = work pending. */
+int sv3_port_arm(struct sv3_port *p)
+{
+    struct sv3_vring *rx = &p->vr[0], *tx = &p->vr[1];
+    uint16_t n;
+    uint32_t i;
+
+    if (p->broken)
+        return 0;
+    if (!p->rx_starved)
+        for (i = 0; i < p->nin; i++)
+            __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
+    sv3_vring_set_kicks(p, tx, 1);
+    if (p->rx_starved)
+        sv3_vring_set_kicks(p, rx, 1);
+    sv3_fence();
+    if (tx->started && (sv3_vring_pending(p, tx, &n) || n))
+        return 1;
+    if (p->rx_starved)
+        return rx->started && (sv3_vring_pending(p, rx, &n) || n);
+    for (i = 0; i < p->nin; i++)
+        if (!sv3_ring_empty(&p->inb[i]))
+            return 1;
+    return 0;
+}
+
+void sv3_port_disarm(struct sv3_port *p)
+{
+    uint32_t i;
+    for (i = 0; i < p->nin; i++)
+        __atomic_store_n(&p->inb[i].ring->waiting, 0, __ATOMIC_RELAXED);
+    sv3_vring_set_kicks(p, &p->vr[0], 0);
+    sv3_vring_set_kicks(p, &p->vr[1], 0);
+    p->ctr->wakeups++;
+}
+
+/* Called by the SET_VRING_KICK handler once the ring is translated:
+ * the used index comes from guest memory (vhost-user "Ring states"). */
+int sv3_vring_start(struct sv3_port *p, uint32_t i)
+{
+    struct sv3_vring *vr;
+    if (i >= SV3_MAX_VRINGS)
+        return -1;
+    vr = &p->vr[i];
+    if (!vr->desc || !vr->avail || !vr->used || !vr->num)
+        return -1;
+    vr->used_idx = sv3_load_acquire16(used_idx(vr));
+    vr->signalled_used = vr->used_idx;
+    vr->started = 1;
+    sv3_vring_set_kicks(p, vr, 0);
+    return 0;
+}

@@ -1,0 +1,191 @@
+/* sv3.h - the contract between the Python control path and the C core.
+ *
+ * This file is read twice: by the C compiler (the .c files beside it) and by
+ * cffi's cdef (sv3/_native/build.py strips the preprocessor lines that
+ * cdef does not understand).  Every struct that both sides touch is defined
+ * here and nowhere else.  Keep it to plain C that pycparser accepts.
+ *
+ * Vocabulary: a *vring* is a guest virtqueue (split layout, virtio 1.1
+ * section 2.6); a *ring* is sv3's SPSC byte ring in POSIX shared memory
+ * (sv3/shm/ring.py documents its layout); a *frame* is one Ethernet frame
+ * stored in a ring; a *breath* is one pass of a worker's loop.
+ */
+
+#define SV3_MAX_REGIONS 8        /* vhost-user SET_MEM_TABLE limit */
+#define SV3_MAX_VRINGS 2         /* one queue pair: vring 0 guest RX, 1 guest TX */
+#define SV3_MAX_PEERS 64         /* other ports one worker can reach */
+#define SV3_MAX_BATCH 256        /* chains or frames per source per breath */
+#define SV3_LEARN_MAX 16         /* MAC reports collected per run call */
+#define SV3_MAX_FRAME 65550      /* 64 KiB GSO frame plus an Ethernet header */
+#define SV3_MAX_SEGS 64          /* buffers per guest TX chain / per RX frame */
+#define SV3_RING_MAGIC 0x53563352
+#define SV3_FRAME_PAD 0xffffffff /* record len marking "skip to ring start" */
+
+/* struct sv3_ring - the shared header of one SPSC ring (lives in shm).
+ * Line 0 is written only by the producer, line 1 only by the consumer,
+ * line 2 only by the master before either side attaches.  Data follows
+ * at byte 192; records are 16-byte aligned (struct sv3_frame + bytes). */
+struct sv3_ring {
+    uint64_t tail;          /* producer: bytes published (release store) */
+    uint64_t frames;        /* producer: frames enqueued */
+    uint64_t drops;         /* producer: frames dropped, ring full */
+    uint64_t _pad0[5];
+    uint64_t head;          /* consumer: bytes consumed (release store) */
+    uint32_t waiting;       /* consumer: 1 = about to sleep, ring doorbell */
+    uint32_t _pad1a;
+    uint64_t _pad1[6];
+    uint32_t magic;         /* master: SV3_RING_MAGIC */
+    uint32_t version;       /* master: layout version, 1 */
+    uint64_t size;          /* master: data bytes, a power of two */
+    uint64_t _pad2[6];
+};
+
+/* struct sv3_frame - the record header in front of each frame in a ring.
+ * The virtio-net header fields travel with the frame (virtio 1.1 5.1.6). */
+struct sv3_frame {
+    uint32_t len;           /* frame bytes, or SV3_FRAME_PAD */
+    uint8_t flags;          /* virtio_net_hdr.flags */
+    uint8_t gso_type;       /* virtio_net_hdr.gso_type */
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+    uint16_t hdr_len;
+    uint16_t _pad;
+};
+
+/* A worker's private cursor on one ring it produces into. */
+struct sv3_ring_prod {
+    struct sv3_ring *ring;
+    uint8_t *data;
+    uint64_t tail;          /* staged, published at the end of a breath */
+    uint64_t head_cache;    /* last head seen */
+    uint64_t mask;
+    int doorbell_fd;        /* consumer's eventfd */
+    uint16_t port_id;       /* consumer's port id */
+    uint16_t dirty;         /* staged records not yet published */
+};
+
+/* A worker's private cursor on one ring it consumes from. */
+struct sv3_ring_cons {
+    struct sv3_ring *ring;
+    uint8_t *data;
+    uint64_t head;
+    uint64_t tail_cache;
+    uint64_t mask;
+};
+
+/* One region of guest memory (vhost-user SET_MEM_TABLE), mapped locally. */
+struct sv3_region {
+    uint64_t gpa;           /* guest_phys_addr */
+    uint64_t size;          /* memory_size */
+    uint64_t qva;           /* userspace_addr (front-end's address) */
+    uint64_t host;          /* local address of gpa */
+};
+
+/* Per-vring state, written by the worker only (between breaths by the
+ * vhost-user handlers, during breaths by the C core). */
+struct sv3_vring {
+    uint64_t desc;          /* local addresses, 0 until translated */
+    uint64_t avail;
+    uint64_t used;
+    uint32_t num;           /* queue size, power of two */
+    uint16_t last_avail_idx;
+    uint16_t used_idx;      /* private copy, never read back while running */
+    uint16_t signalled_used;
+    uint8_t started;        /* SET_VRING_KICK seen and ring translated */
+    uint8_t enabled;        /* SET_VRING_ENABLE 1 */
+    uint8_t notify_armed;   /* guest kicks currently wanted */
+    uint8_t _pad[3];
+    int kick_fd;
+    int call_fd;
+};
+
+/* Per-port counters, in the port's shm block.  Written only by the port's
+ * worker, read by the master for sv3.ctl.  rx = received from the guest,
+ * tx = sent to the guest (the switch port's view). */
+struct sv3_counters {
+    uint64_t rx_frames;
+    uint64_t rx_bytes;
+    uint64_t tx_frames;
+    uint64_t tx_bytes;
+    uint64_t flood_frames;
+    uint64_t drop_runt;         /* guest frame shorter than header+14 */
+    uint64_t drop_hairpin;      /* destination is the ingress port */
+    uint64_t drop_bad_header;   /* virtio-net header asks for what was not acked */
+    uint64_t drop_no_buffer;    /* guest RX buffers too small for the frame */
+    uint64_t drop_oversize;
+    uint64_t drop_broken;       /* frames dropped because the port is broken */
+    uint64_t breaths;
+    uint64_t wakeups;
+    uint64_t learn_reports;
+};
+
+/* Broken reasons (sv3_port.broken), named for the log line. */
+#define SV3_BROKEN_NONE 0
+#define SV3_BROKEN_AVAIL_IDX 1     /* avail idx moved by more than num */
+#define SV3_BROKEN_HEAD 2          /* head index >= num */
+#define SV3_BROKEN_NEXT 3          /* next index out of range */
+#define SV3_BROKEN_LOOP 4          /* chain longer than the ring */
+#define SV3_BROKEN_ADDR 5          /* buffer outside guest memory */
+#define SV3_BROKEN_INDIRECT 6      /* malformed indirect table */
+#define SV3_BROKEN_DIRECTION 7     /* writable descriptor in TX / readable in RX */
+#define SV3_BROKEN_SEGS 8          /* more buffers than SV3_MAX_SEGS */
+
+struct sv3_fdb_entry {
+    uint64_t mac;           /* 48-bit MAC in the low bytes, 0 = empty slot */
+    uint16_t port_id;
+    uint8_t hit;            /* worker: source seen since last report */
+    uint8_t _pad[5];
+};
+
+/* The worker's whole data-path state.  Python owns the memory (ffi.new)
+ * and changes fields only between calls into the C core. */
+struct sv3_port {
+    uint16_t port_id;
+    uint16_t hdr_len;       /* 12 with VERSION_1 or MRG_RXBUF, else 10 */
+    uint8_t mrg_rxbuf;
+    uint8_t event_idx;
+    uint8_t indirect;
+    uint8_t broken;         /* SV3_BROKEN_*, first reason; vrings untouched */
+    uint8_t broken_vring;
+    uint8_t rx_starved;     /* frames wait for guest RX buffers */
+    uint16_t batch;
+    uint32_t nregions;
+    struct sv3_region regions[SV3_MAX_REGIONS];
+    struct sv3_vring vr[SV3_MAX_VRINGS];
+    uint32_t npeers;
+    struct sv3_ring_prod out[SV3_MAX_PEERS];
+    uint32_t nin;
+    struct sv3_ring_cons inb[SV3_MAX_PEERS];  /* inbound rings */
+    struct sv3_fdb_entry *fdb;
+    uint32_t fdb_mask;
+    uint32_t nlearn;
+    uint64_t learn[SV3_LEARN_MAX];
+    uint64_t last_src;
+    struct sv3_counters *ctr;
+};
+
+/* ring.c */
+void sv3_ring_init(struct sv3_ring *r, uint64_t size);
+void sv3_ring_prod_attach(struct sv3_ring_prod *p, struct sv3_ring *r, int doorbell_fd, uint16_t port_id);
+void sv3_ring_cons_attach(struct sv3_ring_cons *c, struct sv3_ring *r);
+int sv3_ring_enqueue_burst(struct sv3_ring_prod *p, const uint8_t *buf, const uint32_t *lens, uint32_t n);
+int sv3_ring_dequeue_burst(struct sv3_ring_cons *c, uint8_t *buf, uint32_t buflen, uint32_t *lens, uint32_t n);
+void sv3_ring_publish(struct sv3_ring_prod *p);
+
+/* fdb.c */
+uint32_t sv3_fdb_load(struct sv3_fdb_entry *tab, uint32_t mask, const uint8_t *packed, uint32_t n);
+int sv3_fdb_lookup(const struct sv3_fdb_entry *tab, uint32_t mask, const uint8_t *mac);
+int sv3_forward_decision(struct sv3_port *p, const uint8_t *frame, uint32_t len, uint16_t *dst_out);
+void sv3_fdb_clear_hits(struct sv3_port *p);
+
+/* port.c */
+int sv3_port_run(struct sv3_port *p, uint32_t max_breaths);
+int sv3_port_arm(struct sv3_port *p);
+void sv3_port_disarm(struct sv3_port *p);
+int sv3_vring_start(struct sv3_port *p, uint32_t i);
+
+/* sys.c: the few OS calls Python's stdlib lacks */
+void *sv3_map_fd(int fd, uint64_t len);
+int sv3_unmap(void *addr, uint64_t len);
+int sv3_set_pdeathsig(int sig);

@@ -1,0 +1,42 @@
+/* sv3_impl.h - C-only helpers shared by the C core files; never seen by cdef. */
+#ifndef SV3_IMPL_H
+#define SV3_IMPL_H
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include "sv3.h"
+
+#define SV3_RING_DATA_OFF 192
+#define SV3_ALIGN16(x) (((x) + 15u) & ~(uint64_t)15u)
+#define SV3_FWD_DROP (-2)
+#define SV3_FWD_FLOOD (-1)
+
+_Static_assert(sizeof(struct sv3_ring) == SV3_RING_DATA_OFF, "ring header is 3 cache lines");
+_Static_assert(offsetof(struct sv3_ring, head) == 64, "consumer line");
+_Static_assert(offsetof(struct sv3_ring, magic) == 128, "constant line");
+_Static_assert(sizeof(struct sv3_frame) == 16, "frame record header");
+_Static_assert(sizeof(struct sv3_fdb_entry) == 16, "fdb entry");
+
+static inline uint64_t sv3_load_acquire64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void sv3_store_release64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint16_t sv3_load_acquire16(const volatile uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void sv3_store_release16(volatile uint16_t *p, uint16_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+/* A full fence: orders a store before a later load (needed for the
+ * sleeping/doorbell handshake and for virtio notification decisions). */
+static inline void sv3_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static inline uint64_t sv3_mac48(const uint8_t *m)
+{
+    return (uint64_t)m[0] | (uint64_t)m[1] << 8 | (uint64_t)m[2] << 16 |
+           (uint64_t)m[3] << 24 | (uint64_t)m[4] << 32 | (uint64_t)m[5] << 40;
+}
+
+/* ring.c internals used by port.c */
+struct sv3_frame *sv3_ring_reserve(struct sv3_ring_prod *p, uint32_t len);
+void sv3_ring_commit(struct sv3_ring_prod *p, uint32_t len);
+const struct sv3_frame *sv3_ring_peek(struct sv3_ring_cons *c);
+void sv3_ring_consume(struct sv3_ring_cons *c, const struct sv3_frame *f);
+void sv3_ring_release(struct sv3_ring_cons *c);
+void sv3_ring_doorbell(struct sv3_ring_prod *p);
+int sv3_ring_empty(struct sv3_ring_cons *c);
+#endif

@@ -1,0 +1,72 @@
+"""Program: inspect a running switch (`python -m sv3.ctl ports|fdb`).
+
+Talks to the master over <socket>.ctl: one JSON request, one JSON reply.
+Counters use the switch port's view: rx = frames the switch received from
+the port's guest, tx = frames it sent to the guest."""
+import argparse
+import json
+import socket
+import sys
+
+
+def query(sock_path, cmd, timeout=5.0):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path + ".ctl")
+        s.sendall(json.dumps({"cmd": cmd}).encode())
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        s.close()
+    return json.loads(b"".join(chunks).decode())
+
+
+def print_ports(rows):
+    print("%-5s %-8s %-11s %-8s %-18s %12s %14s %12s %14s %8s" % (
+        "PORT", "PID", "STATE", "FEATURES", "MACS", "RX_FRAMES", "RX_BYTES",
+        "TX_FRAMES", "TX_BYTES", "DROPS"))
+    for r in rows:
+        print("%-5d %-8d %-11s %-8s %-18s %12d %14d %12d %14d %8d" % (
+            r["port"], r["pid"], r["state"], r["features"], ",".join(r["macs"]) or "-",
+            r["rx_frames"], r["rx_bytes"], r["tx_frames"], r["tx_bytes"], r["drops"]))
+
+
+def print_fdb(rows):
+    print("%-18s %-5s %s" % ("MAC", "PORT", "AGE"))
+    for r in rows:
+        print("%-18s %-5d %.1f" % (r["mac"], r["port"], r["age"]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m sv3.ctl",
+        description="Inspect a running sv3 switch. Counters are from the switch port's "
+                    "view: rx = received from the guest, tx = sent to the guest.")
+    ap.add_argument("--socket", default="/tmp/sv3", help="the switch's socket (default %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("command", choices=["ports", "fdb"],
+                    help="ports: per-port state, guest pid, MACs and counters; "
+                         "fdb: the MAC table (MAC, port, age in seconds)")
+    args = ap.parse_args(argv)
+    try:
+        rows = query(args.socket, args.command)
+    except OSError as e:
+        print("sv3.ctl: cannot reach the switch at %s.ctl: %s" % (args.socket, e), file=sys.stderr)
+        return 1
+    if isinstance(rows, dict) and "error" in rows:
+        print("sv3.ctl: %s" % rows["error"], file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        (print_ports if args.command == "ports" else print_fdb)(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

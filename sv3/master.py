@@ -1,0 +1,278 @@
+"""Program: the sv3 master.  Listens for vhost-user guests, forks one port
+worker per connection, owns the MAC table and publishes it as snapshots.
+
+The master is never on the per-frame path: it creates the shared-memory
+rings between every pair of ports, tells workers about peers, turns the
+workers' MAC reports into snapshots, and serves `python -m sv3.ctl` on
+<socket>.ctl.  Writes: the MAC table, ring and counter segments' creation
+and removal (never their contents after creation)."""
+import argparse
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+from . import __version__, ipc, states
+from ._native import BUILD_MODE
+from .fdb import DEFAULT_AGE, MacTable, fmt_mac
+from .ports import PortTable
+from .shm import names
+from .shm import snapshot as snap
+
+log = logging.getLogger("sv3.master")
+
+
+class Master:
+    def __init__(self, args):
+        self.args = args
+        self.instance = names.new_instance()
+        self.sel = selectors.DefaultSelector()
+        self.fdb = MacTable(age=args.fdb_age)
+        self.ports = PortTable(self.instance, args.ring_kib * 1024)
+        self.stopping = False
+        self.listener = self.ctl = None
+
+    # -- sockets ------------------------------------------------------------
+    def listen(self, path):
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)            # stale: nobody listens there
+            else:
+                raise SystemExit("sv3: %s is in use by a running switch; stop it first "
+                                 "or choose another --socket" % path)
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        os.chmod(path, 0o660)
+        s.listen(16)
+        s.setblocking(False)
+        return s
+
+    def start(self):
+        self.listener = self.listen(self.args.socket)
+        self.ctl = self.listen(self.args.socket + ".ctl")
+        self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)
+        self.sel.register(self.ctl, selectors.EVENT_READ, self.on_ctl)
+        log.info("sv3 %s (C core: %s) listening on %s, control on %s.ctl, instance %s",
+                 __version__, BUILD_MODE, self.args.socket, self.args.socket, self.instance)
+
+    # -- ports --------------------------------------------------------------
+    def on_accept(self, _):
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        guest_pid, uid, _gid = struct.unpack("3i", creds)
+        try:
+            port = self.ports.add(conn, guest_pid, self.worker_argv)
+        except Exception as e:
+            log.error("cannot attach a port for pid %d: %s", guest_pid, e)
+            conn.close()
+            return
+        finally:
+            conn.close()                   # the worker has its own copy
+        log.info("port %d attached: guest pid %d (uid %d), worker pid %d",
+                 port.id, guest_pid, uid, port.proc.pid)
+        self.sel.register(port.chan, selectors.EVENT_READ, lambda _, p=port: self.on_worker(p))
+        self.sel.register(port.pidfd, selectors.EVENT_READ, lambda _, p=port: self.remove(p, "worker exited"))
+        port.send({"t": "snapshot", "data": snap.encode(self.fdb.gen, self.fdb.view())})
+
+    def worker_argv(self, port, fds):
+        a = self.args
+        return [sys.executable, "-m", "sv3.port_worker",
+                "--conn-fd", str(fds[0]), "--chan-fd", str(fds[1]), "--doorbell-fd", str(fds[2]),
+                "--port-id", str(port.id), "--instance", self.instance,
+                "--guest-pid", str(port.guest_pid), "--batch-size", str(a.batch_size),
+                "--poll-us", str(a.poll_us), "--refresh-s", str(max(1.0, a.fdb_age / 4)),
+                "--log-level", a.log_level]
+
+    def on_worker(self, port):
+        try:
+            msg, fds = ipc.recv(port.chan)
+        except ipc.ChannelClosed:
+            self.remove(port, "worker channel closed")
+            return
+        for fd in fds:
+            os.close(fd)
+        if msg["t"] == "learn":
+            self.on_learn(port, msg.get("macs", b""))
+        elif msg["t"] == "state":
+            self.on_state(port, msg)
+
+    def on_learn(self, port, macs):
+        changed = False
+        for i in range(0, len(macs) - len(macs) % 6, 6):
+            mac = macs[i:i + 6]
+            if self.fdb.learn(mac, port.id):
+                changed = True
+                if mac not in port.macs_seen:
+                    log.info("port %d (guest pid %d): learned MAC %s", port.id, port.guest_pid, fmt_mac(mac))
+            port.macs_seen.add(mac)
+        if changed:
+            self.publish()
+
+    def on_state(self, port, msg):
+        port.state, port.features = msg["state"], msg.get("features", 0)
+        if port.state == states.BROKEN:
+            log.error("port %d (guest pid %d) broken: %s", port.id, port.guest_pid, msg.get("reason"))
+        else:
+            log.info("port %d (guest pid %d) is %s (features 0x%x)", port.id, port.guest_pid,
+                     port.state, port.features)
+
+    def remove(self, port, why):
+        if port.id not in self.ports.by_id:
+            return
+        for obj in (port.chan, port.pidfd):
+            try:
+                self.sel.unregister(obj)
+            except (KeyError, ValueError):
+                pass
+        macs = [fmt_mac(m) for m in self.fdb.macs_of(port.id)]
+        status = self.ports.remove(port)
+        log.info("port %d detached (guest pid %d, %s, worker %s), MACs flushed: %s",
+                 port.id, port.guest_pid, why, status, ", ".join(macs) or "none")
+        if self.fdb.flush_port(port.id):
+            self.publish()
+
+    def publish(self):
+        data = snap.encode(self.fdb.gen, self.fdb.view())
+        for port in list(self.ports.by_id.values()):
+            port.send({"t": "snapshot", "data": data})
+
+    # -- sv3.ctl ------------------------------------------------------------
+    def on_ctl(self, _):
+        try:
+            conn, _ = self.ctl.accept()
+        except BlockingIOError:
+            return
+        try:
+            conn.settimeout(2)
+            req = json.loads(conn.recv(4096).decode() or "{}")
+            cmd = req.get("cmd")
+            if cmd == "ports":
+                reply = self.ports.rows(self.fdb)
+            elif cmd == "fdb":
+                reply = self.fdb.rows()
+            else:
+                reply = {"error": "unknown command %r" % cmd}
+            conn.sendall(json.dumps(reply).encode())
+        except (OSError, ValueError) as e:
+            log.warning("control request failed: %s", e)
+        finally:
+            conn.close()
+
+    # -- main loop ------------------------------------------------------------
+    def run(self):
+        next_age = time.monotonic() + 1
+        while not self.stopping:
+            for key, _ in self.sel.select(timeout=1.0):
+                key.data(key.fileobj)
+                if self.stopping:
+                    break
+            if time.monotonic() >= next_age:
+                next_age = time.monotonic() + 1
+                if self.fdb.expire():
+                    self.publish()
+
+    def shutdown(self):
+        log.info("stopping: %d ports", len(self.ports.by_id))
+        for port in list(self.ports.by_id.values()):
+            port.send({"t": "stop"})
+        self.ports.stop_all(timeout=3.0)
+        for s, suffix in ((self.listener, ""), (self.ctl, ".ctl")):
+            if s is not None:
+                s.close()
+                try:
+                    os.unlink(self.args.socket + suffix)
+                except FileNotFoundError:
+                    pass
+        log.info("stopped")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m sv3.master",
+        description="sv3: a userspace Ethernet switch for QEMU guests over vhost-user. "
+                    "Listens on a unix socket; every vhost-user connection (a QEMU "
+                    "virtio-net device or a DPDK virtio-user port) becomes a switch port "
+                    "served by its own worker process. Inspect it with python -m sv3.ctl.",
+        epilog="QEMU: -chardev socket,id=c0,path=/tmp/sv3,reconnect=1 -netdev "
+               "vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0 (guest RAM must "
+               "be a shared memory backend; see contrib/qemu/README.md).")
+    ap.add_argument("--socket", default="/tmp/sv3",
+                    help="vhost-user socket to listen on (default %(default)s); the control "
+                         "socket is <socket>.ctl. A stale socket file is replaced; a live one "
+                         "is refused.")
+    ap.add_argument("--fdb-age", type=_positive(float), default=DEFAULT_AGE, metavar="SECONDS",
+                    help="MAC table ageing time (default %(default)s s)")
+    ap.add_argument("--poll-us", type=_nonneg_int, default=0, metavar="N",
+                    help="busy-poll N microseconds after the last frame before a worker sleeps "
+                         "(default 0: event driven, ~0%% CPU when idle)")
+    ap.add_argument("--batch-size", type=_positive(int), default=32, metavar="N",
+                    help="frames taken from one source per breath (default %(default)s, max 256)")
+    ap.add_argument("--ring-kib", type=_ring_kib, default=256, metavar="KIB",
+                    help="bytes of each inter-port shm ring in KiB, a power of two >= 128 "
+                         "(default %(default)s)")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = ap.parse_args(argv)
+    if args.batch_size > 256:
+        ap.error("--batch-size must be at most 256")
+    return args
+
+
+def _positive(kind):
+    def conv(s):
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be > 0")
+        return v
+    return conv
+
+
+def _nonneg_int(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return v
+
+
+def _ring_kib(s):
+    v = int(s)
+    if v < 128 or v & (v - 1):
+        raise argparse.ArgumentTypeError("must be a power of two >= 128")
+    return v
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s sv3-master[%(process)d] %(levelname)s %(message)s")
+    m = Master(args)
+
+    def on_signal(signum, _):
+        if m.stopping:
+            os._exit(1)                    # second signal: leave now
+        log.info("signal %d: stopping", signum)
+        m.stopping = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        m.start()
+        m.run()
+    finally:
+        m.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Program: serves one guest port (one vhost-user connection).
+
+Started by the master (fork + exec), never by hand.  It speaks vhost-user
+on the inherited connection fd, runs the C core's breaths, reports learned
+MACs and state changes to the master, and applies the master's snapshots
+and peer changes between breaths.  Writes: its port's counters block (C
+core), the producer line of its outbound rings and the consumer line of
+its inbound rings.  It exits when the guest disconnects, when the master
+says stop, or when the master goes away."""
+import argparse
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from . import ipc, states
+from ._native import ffi, lib
+from .shm import names, ring
+from .shm import snapshot as snap
+from .shm.segment import Segment
+from .vhost.backend import Backend
+from .vhost.channel import ConnectionClosed, ProtocolError, recv_message
+
+log = logging.getLogger("sv3.port")
+
+BROKEN_REASONS = {
+    1: "avail index moved by more than the ring size",
+    2: "descriptor head index out of range",
+    3: "descriptor next index out of range",
+    4: "descriptor chain loops or is longer than the ring",
+    5: "buffer address outside guest memory",
+    6: "malformed indirect descriptor table",
+    7: "descriptor direction (read/write) wrong for the vring",
+    8: "descriptor chain has too many buffers",
+}
+BREATHS_PER_CALL = 64
+CONTROL_CHECK_S = 0.002
+
+
+class Peer:
+    def __init__(self, port_id, out_seg, in_seg, doorbell):
+        self.port_id, self.out_seg, self.in_seg, self.doorbell = port_id, out_seg, in_seg, doorbell
+
+    def close(self):
+        self.out_seg.close()
+        self.in_seg.close()
+        os.close(self.doorbell)
+
+
+class PortWorker:
+    def __init__(self, args):
+        self.args = args
+        self.name = "port %d (guest pid %s)" % (args.port_id, args.guest_pid or "?")
+        self.conn = socket.socket(fileno=args.conn_fd)
+        self.chan = socket.socket(fileno=args.chan_fd)
+        self.doorbell = args.doorbell_fd
+        self.port = ffi.new("struct sv3_port *")
+        self.port.port_id = args.port_id
+        self.port.batch = args.batch_size
+        self.port.hdr_len = 12
+        self.block = Segment(names.port_block(args.instance, args.port_id))
+        self.port.ctr = self.block.cast("struct sv3_counters *")
+        self.backend = Backend(self.conn, self.port, self.name)
+        self.peers = {}
+        self.fdb_table = None
+        self.gen = -1
+        self.state = None
+        self.broken_reported = False
+        self.running = True
+        self.next_refresh = time.monotonic() + args.refresh_s
+
+    # -- messages from the master -----------------------------------------
+    def on_channel(self):
+        msg, fds = ipc.recv(self.chan)
+        t = msg["t"]
+        if t == "snapshot":
+            self.load_snapshot(msg["data"])
+        elif t == "peer_add":
+            self.add_peer(msg["port"], msg["out"], msg["in"], fds[0])
+            fds = fds[1:]
+        elif t == "peer_del":
+            self.del_peer(msg["port"])
+        elif t == "stop":
+            self.running = False
+        for fd in fds:
+            os.close(fd)
+
+    def load_snapshot(self, data):
+        gen, fdb = snap.decode(data)
+        if gen <= self.gen:
+            return
+        tab, mask = snap.build_table(fdb)
+        self.port.fdb, self.port.fdb_mask = tab, mask
+        self.port.last_src = 0
+        self.fdb_table, self.gen = tab, gen
+
+    def add_peer(self, port_id, out_name, in_name, doorbell):
+        if port_id in self.peers or len(self.peers) >= lib.SV3_MAX_PEERS:
+            os.close(doorbell)
+            return
+        self.peers[port_id] = Peer(port_id, ring.attach(out_name), ring.attach(in_name), doorbell)
+        self.rebuild_peers()
+
+    def del_peer(self, port_id):
+        peer = self.peers.pop(port_id, None)
+        if peer:
+            self.rebuild_peers()
+            peer.close()
+
+    def rebuild_peers(self):
+        """Compact struct sv3_port.out/in from self.peers (between breaths)."""
+        p = self.port
+        for i, peer in enumerate(self.peers.values()):
+            lib.sv3_ring_prod_attach(ffi.addressof(p.out[i]), peer.out_seg.cast("struct sv3_ring *"),
+                                     peer.doorbell, peer.port_id)
+            lib.sv3_ring_cons_attach(ffi.addressof(p.inb[i]),
+                                     peer.in_seg.cast("struct sv3_ring *"))
+        p.npeers = p.nin = len(self.peers)
+
+    # -- reports to the master ---------------------------------------------
+    def report(self):
+        p = self.port
+        if p.nlearn:
+            macs = b"".join(p.learn[i].to_bytes(8, "little")[:6] for i in range(p.nlearn))
+            p.nlearn = 0
+            ipc.send(self.chan, {"t": "learn", "macs": macs})
+        if p.broken and not self.broken_reported:
+            self.broken_reported = True
+            reason = BROKEN_REASONS.get(p.broken, "reason %d" % p.broken)
+            log.error("%s: vring %d broken: %s; port stops until the guest resets the device",
+                      self.name, p.broken_vring, reason)
+            self.backend.signal_error(p.broken_vring)
+        if not p.broken:
+            self.broken_reported = False
+        self.report_state()
+
+    def report_state(self):
+        p = self.port
+        if p.broken:
+            st = states.BROKEN
+        elif p.vr[0].started and p.vr[1].started:
+            st = states.ACTIVE
+        else:
+            st = states.NEGOTIATING
+        if st != self.state:
+            self.state = st
+            reason = BROKEN_REASONS.get(p.broken, "") if p.broken else ""
+            ipc.send(self.chan, {"t": "state", "state": st, "reason": reason,
+                                 "features": self.backend.features})
+
+    # -- the loop -----------------------------------------------------------
+    def watch_fds(self):
+        fds = [self.conn.fileno(), self.chan.fileno(), self.doorbell] + self.backend.kick_fds()
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return poller
+
+    def on_vhost(self):
+        msg = recv_message(self.conn)
+        log.debug("%s: %s", self.name, msg.name)
+        self.backend.handle(msg)
+
+    def dispatch(self, events):
+        for fd, _ in events:
+            if fd == self.conn.fileno():
+                self.on_vhost()
+            elif fd == self.chan.fileno():
+                self.on_channel()
+            else:
+                try:
+                    os.read(fd, 8)      # drain a kick or doorbell eventfd
+                except BlockingIOError:
+                    pass
+        self.report()
+
+    def housekeeping(self, now):
+        if now >= self.next_refresh:
+            lib.sv3_fdb_clear_hits(self.port)   # active MACs get re-reported
+            self.next_refresh = now + self.args.refresh_s
+
+    def run(self):
+        poll_s = self.args.poll_us / 1e6
+        last_check = last_work = time.monotonic()
+        while self.running:
+            work = lib.sv3_port_run(self.port, BREATHS_PER_CALL)
+            if self.port.nlearn or self.port.broken:
+                self.report()
+            now = time.monotonic()
+            if work:
+                last_work = now
+                if now - last_check >= CONTROL_CHECK_S:
+                    last_check = now
+                    self.dispatch(self.watch_fds().poll(0))
+                continue
+            if now - last_work < poll_s:
+                continue            # --poll-us: busy-poll before sleeping
+            self.housekeeping(now)
+            poller = self.watch_fds()
+            if lib.sv3_port_arm(self.port):
+                lib.sv3_port_disarm(self.port)
+                continue
+            events = poller.poll(1000)
+            lib.sv3_port_disarm(self.port)
+            last_check = last_work = time.monotonic()
+            self.dispatch(events)
+
+    def close(self):
+        for peer in self.peers.values():
+            peer.close()
+        self.peers.clear()
+        self.port.npeers = self.port.nin = 0
+        self.backend.close()
+        self.port.ctr = ffi.NULL
+        self.block.close()
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="sv3 port worker (started by sv3.master)")
+    ap.add_argument("--conn-fd", type=int, required=True)
+    ap.add_argument("--chan-fd", type=int, required=True)
+    ap.add_argument("--doorbell-fd", type=int, required=True)
+    ap.add_argument("--port-id", type=int, required=True)
+    ap.add_argument("--instance", required=True)
+    ap.add_argument("--guest-pid", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--poll-us", type=int, default=0)
+    ap.add_argument("--refresh-s", type=float, default=75.0)
+    ap.add_argument("--log-level", default="info")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s sv3-port[%(process)d] %(levelname)s %(message)s")
+    lib.sv3_set_pdeathsig(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the master decides when we stop
+    w = PortWorker(args)
+    try:
+        w.report_state()
+        w.run()
+    except ConnectionClosed as e:
+        log.info("%s: guest disconnected (%s)", w.name, e)
+    except ProtocolError as e:
+        log.error("%s: vhost-user protocol error, closing: %s", w.name, e)
+    except ipc.ChannelClosed:
+        log.info("%s: master went away, exiting", w.name)
+    finally:
+        w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The master's table of ports: worker processes, their channels, doorbells,
+counter blocks and the full mesh of SPSC rings between them.
+
+Owned by the master.  A port's kind (guest today, NIC later) matters only
+to the argv that starts its worker: rings, peers, snapshots and counters
+are the same for every kind, so the forwarding code never knows."""
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+
+from . import ipc, states
+from ._native import ffi
+from .shm import names, ring
+from .shm.segment import Segment
+
+log = logging.getLogger("sv3.master")
+
+COUNTERS = [name for name, _ in ffi.typeof("struct sv3_counters").fields]
+DROP_COUNTERS = [c for c in COUNTERS if c.startswith("drop_")]
+
+
+class Port:
+    def __init__(self, port_id, guest_pid):
+        self.id = port_id
+        self.guest_pid = guest_pid
+        self.state = states.NEGOTIATING
+        self.features = 0
+        self.macs_seen = set()
+        self.proc = self.chan = self.pidfd = self.block = None
+        self.doorbell = -1
+
+    def send(self, obj, fds=()):
+        try:
+            ipc.send(self.chan, obj, fds)
+        except OSError:
+            pass            # the worker is gone; its pidfd will tell the master
+
+    def counters(self):
+        ctr = self.block.cast("struct sv3_counters *")
+        return {name: getattr(ctr, name) for name in COUNTERS}
+
+
+class PortTable:
+    def __init__(self, instance, ring_bytes):
+        self.instance = instance
+        self.ring_bytes = ring_bytes
+        self.by_id = {}
+        self.rings = {}          # (src, dst) -> Segment
+        self.next_id = 1
+
+    def add(self, conn, guest_pid, argv_for):
+        port = Port(self.next_id, guest_pid)
+        self.next_id += 1
+        size = -(-ffi.sizeof("struct sv3_counters") // 4096) * 4096
+        port.block = Segment(names.port_block(self.instance, port.id), size, create=True)
+        chan_child = None
+        try:
+            port.chan, chan_child = ipc.pair()
+            port.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            fds = (conn.fileno(), chan_child.fileno(), port.doorbell)
+            port.proc = subprocess.Popen(argv_for(port, fds), pass_fds=fds, stdin=subprocess.DEVNULL)
+            port.pidfd = os.pidfd_open(port.proc.pid)
+        except BaseException:
+            self._release(port)
+            raise
+        finally:
+            if chan_child is not None:
+                chan_child.close()
+        for peer in list(self.by_id.values()):
+            self._link(port, peer)
+        self.by_id[port.id] = port
+        return port
+
+    def _link(self, a, b):
+        """Create the two rings between a and b and introduce them."""
+        ab = names.ring(self.instance, a.id, b.id)
+        ba = names.ring(self.instance, b.id, a.id)
+        self.rings[(a.id, b.id)] = ring.create(ab, self.ring_bytes)
+        self.rings[(b.id, a.id)] = ring.create(ba, self.ring_bytes)
+        a.send({"t": "peer_add", "port": b.id, "out": ab, "in": ba}, [b.doorbell])
+        b.send({"t": "peer_add", "port": a.id, "out": ba, "in": ab}, [a.doorbell])
+
+    def remove(self, port):
+        """Withdraw a port: peers first, then its worker, then its memory."""
+        del self.by_id[port.id]
+        for peer in self.by_id.values():
+            peer.send({"t": "peer_del", "port": port.id})
+        status = self._reap(port, timeout=2.0)
+        for key in [k for k in self.rings if port.id in k]:
+            seg = self.rings.pop(key)
+            seg.unlink()
+            seg.close()
+        self._release(port)
+        return status
+
+    def _reap(self, port, timeout):
+        proc = port.proc
+        if proc is None:
+            return "not started"
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rc = proc.returncode
+        return "exit %d" % rc if rc >= 0 else "killed by signal %d" % -rc
+
+    def _release(self, port):
+        for fd in (port.pidfd, port.doorbell):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        port.pidfd, port.doorbell = None, -1
+        if port.chan is not None:
+            port.chan.close()
+        if port.block is not None:
+            port.block.unlink()
+            port.block.close()
+            port.block = None
+
+    def stop_all(self, timeout):
+        """Workers were told to stop; wait for them, then kill stragglers."""
+        deadline = time.monotonic() + timeout
+        for port in list(self.by_id.values()):
+            left = max(0.0, deadline - time.monotonic())
+            if port.proc.poll() is None:
+                select.select([port.pidfd], [], [], left)
+            if port.proc.poll() is None:
+                log.warning("port %d: worker %d did not stop, killing it", port.id, port.proc.pid)
+                port.proc.send_signal(signal.SIGKILL)
+        for port in list(self.by_id.values()):
+            self.remove(port)
+
+    def rows(self, fdb):
+        out = []
+        for port in self.by_id.values():
+            c = port.counters()
+            ring_drops = sum(ring_drops_of(seg) for (src, dst), seg in self.rings.items() if dst == port.id)
+            c["drop_ring_full"] = ring_drops
+            out.append({
+                "port": port.id, "kind": "guest", "pid": port.guest_pid,
+                "worker_pid": port.proc.pid, "state": port.state,
+                "features": "0x%x" % port.features,
+                "macs": [":".join("%02x" % b for b in m) for m in fdb.macs_of(port.id)],
+                "rx_frames": c["rx_frames"], "rx_bytes": c["rx_bytes"],
+                "tx_frames": c["tx_frames"], "tx_bytes": c["tx_bytes"],
+                "flood_frames": c["flood_frames"],
+                "drops": sum(c[k] for k in DROP_COUNTERS) + ring_drops,
+                "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
+                "breaths": c["breaths"], "wakeups": c["wakeups"],
+            })
+        return out
+
+
+def ring_drops_of(seg):
+    return seg.cast("struct sv3_ring *").drops
