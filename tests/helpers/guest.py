@@ -267,6 +267,10 @@ class Guest:
     def pid(self):
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self):
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self):
         if self._proc is not None:
             raise RuntimeError("guest %s already started" % self.name)

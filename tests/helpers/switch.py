@@ -68,6 +68,16 @@ class Switch:
                 raise AssertionError("timed out waiting for %s: %s\n%s" % (what, ports, self.log()[-3000:]))
             time.sleep(0.2)
 
+    def watch(self, guests, period=0.5):
+        """Sample sv3.ctl ports until every guest has exited; returns the
+        last row seen of each port, keyed by its first MAC (or port id)."""
+        last = {}
+        while any(g.running for g in guests):
+            for row in self.ports():
+                last[row["macs"][0] if row["macs"] else row["port"]] = row
+            time.sleep(period)
+        return last
+
     def worker_pids(self):
         """Direct children of the master (its workers)."""
         pids = []
