@@ -38,18 +38,30 @@ class Master:
         self.listener = self.ctl = None
 
     # -- sockets ------------------------------------------------------------
+    @staticmethod
+    def _listening(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def check_free(self, path):
+        """Refuse a live switch; remove stale socket files.  The control
+        socket is probed first so a live sv3 never sees a fake port."""
+        ctl = path + ".ctl"
+        if os.path.exists(ctl) and self._listening(ctl) or \
+                os.path.exists(path) and self._listening(path):
+            raise SystemExit("sv3: %s is in use by a running switch; stop it first "
+                             "or choose another --socket" % path)
+        for p in (path, ctl):
+            if os.path.exists(p):
+                os.unlink(p)
+
     def listen(self, path):
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)            # stale: nobody listens there
-            else:
-                raise SystemExit("sv3: %s is in use by a running switch; stop it first "
-                                 "or choose another --socket" % path)
-            finally:
-                probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(path)
         os.chmod(path, 0o660)
@@ -58,6 +70,7 @@ class Master:
         return s
 
     def start(self):
+        self.check_free(self.args.socket)
         self.listener = self.listen(self.args.socket)
         self.ctl = self.listen(self.args.socket + ".ctl")
         self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)
