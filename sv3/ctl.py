@@ -9,12 +9,12 @@ import socket
 import sys
 
 
-def query(sock_path, cmd, timeout=5.0):
+def query(sock_path, cmd, timeout=5.0, **opts):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(sock_path + ".ctl")
-        s.sendall(json.dumps({"cmd": cmd}).encode())
+        s.sendall(json.dumps(dict(opts, cmd=cmd)).encode())
         chunks = []
         while True:
             data = s.recv(65536)
@@ -49,12 +49,15 @@ def main(argv=None):
                     "view: rx = received from the guest, tx = sent to the guest.")
     ap.add_argument("--socket", default="/tmp/sv3", help="the switch's socket (default %(default)s)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--all", action="store_true",
+                    help="ports: also list recently detached ports (state gone) with their "
+                         "final counters")
     ap.add_argument("command", choices=["ports", "fdb"],
                     help="ports: per-port state, guest pid, MACs and counters; "
                          "fdb: the MAC table (MAC, port, age in seconds)")
     args = ap.parse_args(argv)
     try:
-        rows = query(args.socket, args.command)
+        rows = query(args.socket, args.command, all=args.all)
     except OSError as e:
         print("sv3.ctl: cannot reach the switch at %s.ctl: %s" % (args.socket, e), file=sys.stderr)
         return 1

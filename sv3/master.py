@@ -151,7 +151,7 @@ class Master:
             except (KeyError, ValueError):
                 pass
         macs = [fmt_mac(m) for m in self.fdb.macs_of(port.id)]
-        status = self.ports.remove(port)
+        status = self.ports.remove(port, self.fdb)
         log.info("port %d detached (guest pid %d, %s, worker %s), MACs flushed: %s",
                  port.id, port.guest_pid, why, status, ", ".join(macs) or "none")
         if self.fdb.flush_port(port.id):
@@ -173,7 +173,7 @@ class Master:
             req = json.loads(conn.recv(4096).decode() or "{}")
             cmd = req.get("cmd")
             if cmd == "ports":
-                reply = self.ports.rows(self.fdb)
+                reply = self.ports.rows(self.fdb, include_gone=bool(req.get("all")))
             elif cmd == "fdb":
                 reply = self.fdb.rows()
             else:
@@ -201,7 +201,7 @@ class Master:
         log.info("stopping: %d ports", len(self.ports.by_id))
         for port in list(self.ports.by_id.values()):
             port.send({"t": "stop"})
-        self.ports.stop_all(timeout=3.0)
+        self.ports.stop_all(3.0, self.fdb)
         for s, suffix in ((self.listener, ""), (self.ctl, ".ctl")):
             if s is not None:
                 s.close()
@@ -233,7 +233,7 @@ def parse_args(argv=None):
                          "(default 0: event driven, ~0%% CPU when idle)")
     ap.add_argument("--batch-size", type=_positive(int), default=32, metavar="N",
                     help="frames taken from one source per breath (default %(default)s, max 256)")
-    ap.add_argument("--ring-kib", type=_ring_kib, default=256, metavar="KIB",
+    ap.add_argument("--ring-kib", type=_ring_kib, default=1024, metavar="KIB",
                     help="bytes of each inter-port shm ring in KiB, a power of two >= 128 "
                          "(default %(default)s)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

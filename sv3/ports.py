@@ -4,6 +4,7 @@ counter blocks and the full mesh of SPSC rings between them.
 Owned by the master.  A port's kind (guest today, NIC later) matters only
 to the argv that starts its worker: rings, peers, snapshots and counters
 are the same for every kind, so the forwarding code never knows."""
+import collections
 import logging
 import os
 import select
@@ -13,6 +14,7 @@ import time
 
 from . import ipc, states
 from ._native import ffi
+from .fdb import fmt_mac
 from .shm import names, ring
 from .shm.segment import Segment
 
@@ -20,6 +22,7 @@ log = logging.getLogger("sv3.master")
 
 COUNTERS = [name for name, _ in ffi.typeof("struct sv3_counters").fields]
 DROP_COUNTERS = [c for c in COUNTERS if c.startswith("drop_")]
+GONE_KEPT = 32           # detached ports whose final counters sv3.ctl still shows
 
 
 class Port:
@@ -49,6 +52,7 @@ class PortTable:
         self.ring_bytes = ring_bytes
         self.by_id = {}
         self.rings = {}          # (src, dst) -> Segment
+        self.gone = collections.deque(maxlen=GONE_KEPT)
         self.next_id = 1
 
     def add(self, conn, guest_pid, argv_for):
@@ -83,12 +87,16 @@ class PortTable:
         a.send({"t": "peer_add", "port": b.id, "out": ab, "in": ba}, [b.doorbell])
         b.send({"t": "peer_add", "port": a.id, "out": ba, "in": ab}, [a.doorbell])
 
-    def remove(self, port):
-        """Withdraw a port: peers first, then its worker, then its memory."""
+    def remove(self, port, fdb):
+        """Withdraw a port: peers first, then its worker, then its memory.
+        Its final counters stay visible to `sv3.ctl ports --all`."""
         del self.by_id[port.id]
         for peer in self.by_id.values():
             peer.send({"t": "peer_del", "port": port.id})
         status = self._reap(port, timeout=2.0)
+        final = self.row(port, fdb)
+        final["state"] = states.GONE
+        self.gone.append(final)
         for key in [k for k in self.rings if port.id in k]:
             seg = self.rings.pop(key)
             seg.unlink()
@@ -120,7 +128,7 @@ class PortTable:
             port.block.close()
             port.block = None
 
-    def stop_all(self, timeout):
+    def stop_all(self, timeout, fdb):
         """Workers were told to stop; wait for them, then kill stragglers."""
         deadline = time.monotonic() + timeout
         for port in list(self.by_id.values()):
@@ -131,27 +139,28 @@ class PortTable:
                 log.warning("port %d: worker %d did not stop, killing it", port.id, port.proc.pid)
                 port.proc.send_signal(signal.SIGKILL)
         for port in list(self.by_id.values()):
-            self.remove(port)
+            self.remove(port, fdb)
 
-    def rows(self, fdb):
-        out = []
-        for port in self.by_id.values():
-            c = port.counters()
-            ring_drops = sum(ring_drops_of(seg) for (src, dst), seg in self.rings.items() if dst == port.id)
-            c["drop_ring_full"] = ring_drops
-            out.append({
-                "port": port.id, "kind": "guest", "pid": port.guest_pid,
-                "worker_pid": port.proc.pid, "state": port.state,
-                "features": "0x%x" % port.features,
-                "macs": [":".join("%02x" % b for b in m) for m in fdb.macs_of(port.id)],
-                "rx_frames": c["rx_frames"], "rx_bytes": c["rx_bytes"],
-                "tx_frames": c["tx_frames"], "tx_bytes": c["tx_bytes"],
-                "flood_frames": c["flood_frames"],
-                "drops": sum(c[k] for k in DROP_COUNTERS) + ring_drops,
-                "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
-                "breaths": c["breaths"], "wakeups": c["wakeups"],
-            })
-        return out
+    def rows(self, fdb, include_gone=False):
+        rows = [self.row(port, fdb) for port in self.by_id.values()]
+        return list(self.gone) + rows if include_gone else rows
+
+    def row(self, port, fdb):
+        c = port.counters()
+        c["drop_ring_full"] = sum(ring_drops_of(seg) for (_, dst), seg in self.rings.items()
+                                  if dst == port.id)
+        return {
+            "port": port.id, "kind": "guest", "pid": port.guest_pid,
+            "worker_pid": port.proc.pid, "state": port.state,
+            "features": "0x%x" % port.features,
+            "macs": [fmt_mac(m) for m in fdb.macs_of(port.id)],
+            "rx_frames": c["rx_frames"], "rx_bytes": c["rx_bytes"],
+            "tx_frames": c["tx_frames"], "tx_bytes": c["tx_bytes"],
+            "flood_frames": c["flood_frames"],
+            "drops": sum(c[k] for k in DROP_COUNTERS) + c["drop_ring_full"],
+            "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
+            "breaths": c["breaths"], "wakeups": c["wakeups"],
+        }
 
 
 def ring_drops_of(seg):

@@ -27,7 +27,7 @@ from .._native import lib
 from .segment import Segment
 
 HEADER_BYTES = 192
-DEFAULT_DATA_BYTES = 256 * 1024
+DEFAULT_DATA_BYTES = 1024 * 1024
 
 
 def create(name, data_bytes=DEFAULT_DATA_BYTES):

@@ -46,22 +46,22 @@ class Switch:
         with open(self.logpath) as f:
             return f.read()
 
-    def ctl(self, cmd):
-        out = subprocess.run([sys.executable, "-m", "sv3.ctl", "--socket", self.socket, "--json", cmd],
+    def ctl(self, cmd, *opts):
+        out = subprocess.run([sys.executable, "-m", "sv3.ctl", "--socket", self.socket, "--json", cmd, *opts],
                              capture_output=True, text=True, timeout=10, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    def ports(self):
-        return self.ctl("ports")
+    def ports(self, include_gone=False):
+        return self.ctl("ports", *(["--all"] if include_gone else []))
 
     def fdb(self):
         return self.ctl("fdb")
 
-    def wait_ports(self, pred, timeout=60, what="ports"):
+    def wait_ports(self, pred, timeout=60, what="ports", include_gone=False):
         deadline = time.monotonic() + timeout
         while True:
-            ports = self.ports()
+            ports = self.ports(include_gone)
             if pred(ports):
                 return ports
             if time.monotonic() > deadline:
