@@ -1,7 +1,6 @@
 """The master as a process: socket handling, clean stop, worker per port,
 and real supervisord running etc/supervisord.conf."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
