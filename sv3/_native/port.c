@@ -25,7 +25,7 @@ static void enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_
         return;
     memset(f, 0, sizeof *f);
     f->len = flen;
-    sv3_copy_from_segs(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen);
+    sv3_segs_copy(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen, 0);
     sv3_ring_commit(o, flen);
 }
 
@@ -45,7 +45,7 @@ static void forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32
         return;
     }
     flen = (uint32_t)(total - hl);
-    sv3_copy_from_segs(segs, nsegs, 0, hdr, hl + 14);
+    sv3_segs_copy(segs, nsegs, 0, hdr, hl + 14, 0);
     if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || hdr[1] != 0) {
         p->ctr->drop_bad_header++;   /* no CSUM/HOST_TSO offered (yet) */
         return;
@@ -154,8 +154,8 @@ static void deliver(struct sv3_port *p, struct sv3_vring *vr, const struct sv3_f
 
     hdr[10] = (uint8_t)nchains;          /* num_buffers, le16 */
     hdr[11] = (uint8_t)(nchains >> 8);
-    sv3_copy_to_segs(segs, nsegs, 0, hdr, p->hdr_len);
-    sv3_copy_to_segs(segs, nsegs, p->hdr_len, (const uint8_t *)(f + 1), f->len);
+    sv3_segs_copy(segs, nsegs, 0, hdr, p->hdr_len, 1);
+    sv3_segs_copy(segs, nsegs, p->hdr_len, (uint8_t *)(f + 1), f->len, 1);
     for (k = 0; k < nchains; k++) {
         volatile struct vring_used_elem *u = used_elem(vr, vr->used_idx & (vr->num - 1));
         u->id = heads[k];

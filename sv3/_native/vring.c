@@ -90,7 +90,10 @@ int sv3_walk_chain(struct sv3_port *p, struct sv3_vring *vr, uint16_t head, int 
     }
 }
 
-void sv3_copy_from_segs(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off, uint8_t *dst, uint64_t len)
+/* Copy len bytes between a flat buffer and the segments, starting off
+ * bytes into the segments: to_segs 1 writes the segments, 0 reads them. */
+void sv3_segs_copy(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off,
+                   uint8_t *buf, uint64_t len, int to_segs)
 {
     uint32_t i;
     for (i = 0; i < nsegs && len; i++) {
@@ -101,26 +104,11 @@ void sv3_copy_from_segs(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off
         uint64_t n = segs[i].len - off;
         if (n > len)
             n = len;
-        memcpy(dst, segs[i].ptr + off, n);
-        dst += n;
-        len -= n;
-        off = 0;
-    }
-}
-
-void sv3_copy_to_segs(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off, const uint8_t *src, uint64_t len)
-{
-    uint32_t i;
-    for (i = 0; i < nsegs && len; i++) {
-        if (off >= segs[i].len) {
-            off -= segs[i].len;
-            continue;
-        }
-        uint64_t n = segs[i].len - off;
-        if (n > len)
-            n = len;
-        memcpy(segs[i].ptr + off, src, n);
-        src += n;
+        if (to_segs)
+            memcpy(segs[i].ptr + off, buf, n);
+        else
+            memcpy(buf, segs[i].ptr + off, n);
+        buf += n;
         len -= n;
         off = 0;
     }

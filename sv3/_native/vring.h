@@ -31,8 +31,8 @@ static inline volatile uint16_t *avail_event(const struct sv3_vring *vr) { retur
 
 int sv3_walk_chain(struct sv3_port *p, struct sv3_vring *vr, uint16_t head, int want_write,
                    struct sv3_seg *segs, uint32_t maxsegs, uint32_t *nsegs, uint64_t *total);
-void sv3_copy_from_segs(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off, uint8_t *dst, uint64_t len);
-void sv3_copy_to_segs(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off, const uint8_t *src, uint64_t len);
+void sv3_segs_copy(const struct sv3_seg *segs, uint32_t nsegs, uint64_t off,
+                   uint8_t *buf, uint64_t len, int to_segs);
 void sv3_vring_signal(struct sv3_port *p, struct sv3_vring *vr);
 void sv3_vring_set_kicks(struct sv3_port *p, struct sv3_vring *vr, int want);
 int sv3_vring_pending(struct sv3_port *p, struct sv3_vring *vr, uint16_t *count);

@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from .procs import stop_session
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-guest"
 LAUNCHER = REPO_ROOT / "contrib" / "qemu" / "sv3-qemu"
@@ -305,22 +307,7 @@ class Guest:
                 time.sleep(0.05)
 
     def _kill(self):
-        p = self._proc
-        if p is None or p.poll() is not None:
-            return
-        pgid = p.pid                      # start_new_session: pgid == pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
+        stop_session(self._proc, signal.SIGTERM)
 
     def wait(self, timeout=None):
         """Wait for QEMU to exit (default: what is left of self.timeout since

@@ -1,5 +1,7 @@
 """Process accounting for tests: CPU time from /proc."""
 import os
+import signal
+import subprocess
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -15,3 +17,26 @@ def cpu_seconds(pids):
         except FileNotFoundError:
             pass
     return total / TICK
+
+
+def stop_session(proc, sig, grace=5.0, whole_group=True):
+    """Stop a process started with start_new_session=True (so its process
+    group id is its pid): `sig` to it (or its whole group), `grace` seconds,
+    then SIGKILL to the group.  Idempotent; touches nothing else."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

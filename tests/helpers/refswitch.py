@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 
+from .procs import stop_session
+
 TESTPMD = "dpdk-testpmd"
 
 __all__ = ["RefSwitch", "ensure_testpmd"]
@@ -107,19 +109,7 @@ class RefSwitch:
     def stop(self):
         """Stop testpmd (idempotent) and remove the sockets; keeps the log."""
         p = self._proc
-        if p is not None and p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)   # own session: pgid == pid
-                except ProcessLookupError:
-                    pass
-                p.wait()
+        stop_session(p, signal.SIGINT, whole_group=False)
         if self._log is not None:
             self._log.close()
             self._log = None
