@@ -25,6 +25,7 @@ from .shm import names
 from .shm import snapshot as snap
 
 log = logging.getLogger("sv3.master")
+PUBLISH_GAP_S = 0.01     # at most one snapshot per 10 ms
 
 
 class Master:
@@ -32,10 +33,11 @@ class Master:
         self.args = args
         self.instance = names.new_instance()
         self.sel = selectors.DefaultSelector()
-        self.fdb = MacTable(age=args.fdb_age)
+        self.fdb = MacTable(age=args.fdb_age, max_per_port=args.max_macs_per_port)
         self.ports = PortTable(self.instance, args.ring_kib * 1024)
         self.stopping = False
         self.listener = self.ctl = None
+        self.published_at, self.publish_due = 0.0, False
 
     # -- sockets ------------------------------------------------------------
     @staticmethod
@@ -117,10 +119,14 @@ class Master:
             return
         for fd in fds:
             os.close(fd)
-        if msg["t"] == "learn":
-            self.on_learn(port, msg.get("macs", b""))
-        elif msg["t"] == "state":
-            self.on_state(port, msg)
+        try:
+            if msg["t"] == "learn":
+                self.on_learn(port, bytes(msg["macs"]))
+            elif msg["t"] == "state":
+                self.on_state(port, msg)
+        except (KeyError, TypeError, ValueError) as e:
+            log.error("port %d: malformed message from its worker (%r): removing the port", port.id, e)
+            self.remove(port, "malformed worker message")
 
     def on_learn(self, port, macs):
         changed = False
@@ -158,6 +164,13 @@ class Master:
             self.publish()
 
     def publish(self):
+        """Send the table now, or once PUBLISH_GAP_S has passed since the
+        last send: a storm of new MACs costs at most one snapshot per gap."""
+        now = time.monotonic()
+        if now - self.published_at < PUBLISH_GAP_S:
+            self.publish_due = True
+            return
+        self.published_at, self.publish_due = now, False
         data = snap.encode(self.fdb.gen, self.fdb.view())
         for port in list(self.ports.by_id.values()):
             port.send({"t": "snapshot", "data": data})
@@ -188,10 +201,13 @@ class Master:
     def run(self):
         next_age = time.monotonic() + 1
         while not self.stopping:
-            for key, _ in self.sel.select(timeout=1.0):
+            timeout = PUBLISH_GAP_S if self.publish_due else 1.0
+            for key, _ in self.sel.select(timeout=timeout):
                 key.data(key.fileobj)
                 if self.stopping:
                     break
+            if self.publish_due:
+                self.publish()
             if time.monotonic() >= next_age:
                 next_age = time.monotonic() + 1
                 if self.fdb.expire():
@@ -228,6 +244,9 @@ def parse_args(argv=None):
                          "is refused.")
     ap.add_argument("--fdb-age", type=_positive(float), default=DEFAULT_AGE, metavar="SECONDS",
                     help="MAC table ageing time (default %(default)s s)")
+    ap.add_argument("--max-macs-per-port", type=_positive(int), default=1024, metavar="N",
+                    help="MAC addresses one port may own in the table; more are flooded, "
+                         "not learned (default %(default)s)")
     ap.add_argument("--poll-us", type=_nonneg_int, default=0, metavar="N",
                     help="busy-poll N microseconds after the last frame before a worker sleeps "
                          "(default 0: event driven, ~0%% CPU when idle)")

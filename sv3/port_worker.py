@@ -38,6 +38,7 @@ BROKEN_REASONS = {
 }
 BREATHS_PER_CALL = 64
 CONTROL_CHECK_S = 0.002
+LEARN_GAP_S = 0.001      # at most 1000 learn reports (16 MACs each) per second
 
 
 class Peer:
@@ -69,6 +70,7 @@ class PortWorker:
         self.gen = -1
         self.state = None
         self.broken_reported = False
+        self.learn_sent_at = 0.0
         self.running = True
         self.next_refresh = time.monotonic() + args.refresh_s
 
@@ -124,9 +126,12 @@ class PortWorker:
     def report(self):
         p = self.port
         if p.nlearn:
-            macs = b"".join(p.learn[i].to_bytes(8, "little")[:6] for i in range(p.nlearn))
+            now = time.monotonic()
+            if now - self.learn_sent_at >= LEARN_GAP_S:   # a MAC storm: skip, sources recur
+                self.learn_sent_at = now
+                macs = b"".join(p.learn[i].to_bytes(8, "little")[:6] for i in range(p.nlearn))
+                ipc.send(self.chan, {"t": "learn", "macs": macs})
             p.nlearn = 0
-            ipc.send(self.chan, {"t": "learn", "macs": macs})
         if p.broken and not self.broken_reported:
             self.broken_reported = True
             reason = BROKEN_REASONS.get(p.broken, "reason %d" % p.broken)

@@ -57,3 +57,19 @@ def test_table_is_bounded():
     t.learn(B, 1)
     assert not t.learn(bytes.fromhex("525400550003"), 1)
     assert t.stats["refused"] == 1
+
+
+def test_per_port_limit_counts_moves_ageing_and_flush():
+    clk = Clock()
+    t = MacTable(age=10, max_per_port=2, clock=clk)
+    macs = [bytes([0x52, 0, 0, 0, 0, i]) for i in range(5)]
+    assert t.learn(macs[0], 1) and t.learn(macs[1], 1)
+    assert not t.learn(macs[2], 1)                 # port 1 is full
+    assert t.learn(macs[2], 2) and t.learn(macs[3], 2)
+    assert not t.learn(macs[0], 2)                 # a move into a full port is refused too
+    clk.t = 11
+    t.learn(macs[1], 1)                            # refresh one of port 1's
+    t.expire()                                     # macs[0], [2], [3] age out
+    assert t.learn(macs[4], 1)                     # room again on port 1
+    t.flush_port(2)
+    assert t.learn(macs[2], 2) and t.learn(macs[3], 2)
