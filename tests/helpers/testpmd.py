@@ -75,10 +75,17 @@ class TestpmdError(RuntimeError):
 
 
 def testpmd_path() -> str:
-    """Path of dpdk-testpmd (from the dpdk-dev package); raises if absent."""
+    """Path of dpdk-testpmd, installing Debian's dpdk-dev if it is missing."""
     path = shutil.which("dpdk-testpmd")
     if path is None:
-        raise TestpmdError("dpdk-testpmd not found (apt-get install dpdk-dev)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "dpdk-dev"]
+        if subprocess.run(cmd, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+            subprocess.run(cmd, env=env, check=True)
+        path = shutil.which("dpdk-testpmd")
+    if path is None:
+        raise TestpmdError("dpdk-testpmd still missing after installing dpdk-dev")
     return path
 
 

@@ -2,18 +2,13 @@
 tests/helpers) against the known-good reference backend, dpdk-testpmd with
 two net_vhost ports.  If this fails, the tooling is broken, not sv3."""
 
-import sys
-from pathlib import Path
+import os
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:       # also works under plain `pytest`
-    sys.path.insert(0, _ROOT)
-
 from tests.helpers.guest import (Guest, ensure_guest_image, ensure_qemu, feature_bit,
                                  iperf_client_cmd, iperf_server_cmd, ping_cmd)
-from tests.helpers.refswitch import RefSwitch, ensure_testpmd
+from tests.helpers.testpmd import RefSwitch, testpmd_path
 
 MAC_A, MAC_B = "52:54:00:55:00:01", "52:54:00:55:00:02"
 IP_A, IP_B = "10.55.0.1", "10.55.0.2"
@@ -24,12 +19,13 @@ def _describe(name, r):
 
 
 @pytest.mark.guest
-def test_ping_and_iperf_through_reference_backend():
+def test_ping_and_iperf_through_reference_backend(tmp_path):
     ensure_qemu()
-    ensure_testpmd()
+    testpmd_path()
     ensure_guest_image()
+    sock0, sock1 = (os.path.join(tmp_path, "ref%d.sock" % i) for i in (0, 1))
 
-    with RefSwitch() as (sock0, sock1):
+    with RefSwitch([sock0, sock1], max_seconds=300):
         a = Guest("a", MAC_A, sock0, IP_A + "/24", cmd=iperf_server_cmd())
         b = Guest("b", MAC_B, sock1, IP_B + "/24",
                   cmd=ping_cmd(IP_A, count=20, interval=0.2) + iperf_client_cmd(IP_A, seconds=5))

@@ -9,14 +9,11 @@ generator lcores on CPU 1.
 import os
 import shutil
 import statistics
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.testpmd import LoopGenerator, RefSwitch  # noqa: E402
+from tests.helpers.testpmd import LoopGenerator, RefSwitch
 
 pytestmark = pytest.mark.dpdk
 
