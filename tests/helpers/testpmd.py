@@ -49,7 +49,7 @@ __all__ = [
     "parse_rates",
     "parse_totals",
     "strip_ansi",
-    "testpmd_path",
+    "find_testpmd",
 ]
 
 MAC0 = "02:00:00:00:00:01"
@@ -74,7 +74,7 @@ class TestpmdError(RuntimeError):
     __test__ = False  # not a pytest test class
 
 
-def testpmd_path() -> str:
+def find_testpmd() -> str:
     """Path of dpdk-testpmd, installing Debian's dpdk-dev if it is missing."""
     path = shutil.which("dpdk-testpmd")
     if path is None:
@@ -237,7 +237,7 @@ class _Testpmd:
         self.single_file_segments = single_file_segments
         self.cpus = cpus
         self.max_seconds = max_seconds
-        self.testpmd = testpmd or testpmd_path()
+        self.testpmd = testpmd or find_testpmd()
         self.file_prefix = file_prefix or (
             f"sv3{self.kind}_{os.getpid()}_{next(_counter)}_{secrets.token_hex(3)}"
         )

@@ -3,7 +3,7 @@ socket in loop mode (mac forwarding), for >= 10 s.  Installs dpdk-dev if
 dpdk-testpmd is missing; never skips."""
 import pytest
 
-from tests.helpers.testpmd import MAC0, MAC1, LoopGenerator, testpmd_path
+from tests.helpers.testpmd import MAC0, MAC1, LoopGenerator, find_testpmd
 
 pytestmark = pytest.mark.dpdk
 LOOP_FRAMES = 2 * 8 * 32        # start tx_first 8: 8 bursts of 32 per port
@@ -11,7 +11,7 @@ LOOP_FRAMES = 2 * 8 * 32        # start tx_first 8: 8 bursts of 32 per port
 
 @pytest.mark.parametrize("size", [64, 1500])
 def test_testpmd_loop_counters_agree(switch, size):
-    testpmd_path()                   # installs dpdk-dev if needed
+    find_testpmd()                   # installs dpdk-dev if needed
     with LoopGenerator(switch.socket, size=size) as gen:
         gen.wait_ports_up(60)
         rates = gen.rates(warmup=2, seconds=10)

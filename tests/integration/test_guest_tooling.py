@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers.guest import (Guest, ensure_guest_image, ensure_qemu, feature_bit,
                                  iperf_client_cmd, iperf_server_cmd, ping_cmd)
-from tests.helpers.testpmd import RefSwitch, testpmd_path
+from tests.helpers.testpmd import RefSwitch, find_testpmd
 
 MAC_A, MAC_B = "52:54:00:55:00:01", "52:54:00:55:00:02"
 IP_A, IP_B = "10.55.0.1", "10.55.0.2"
@@ -21,7 +21,7 @@ def _describe(name, r):
 @pytest.mark.guest
 def test_ping_and_iperf_through_reference_backend(tmp_path):
     ensure_qemu()
-    testpmd_path()
+    find_testpmd()
     ensure_guest_image()
     sock0, sock1 = (os.path.join(tmp_path, "ref%d.sock" % i) for i in (0, 1))
 
