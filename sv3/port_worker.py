@@ -35,9 +35,11 @@ BROKEN_REASONS = {
     6: "malformed indirect descriptor table",
     7: "descriptor direction (read/write) wrong for the vring",
     8: "descriptor chain has too many buffers",
+    9: "receive chain without any room",
 }
 BREATHS_PER_CALL = 64
 CONTROL_CHECK_S = 0.002
+MESSAGE_TIMEOUT_S = 5.0  # longest wait for the rest of a started vhost-user message
 LEARN_GAP_S = 0.001      # at most 1000 learn reports (16 MACs each) per second
 
 
@@ -56,6 +58,7 @@ class PortWorker:
         self.args = args
         self.name = "port %d (guest pid %s)" % (args.port_id, args.guest_pid or "?")
         self.conn = socket.socket(fileno=args.conn_fd)
+        self.conn.settimeout(MESSAGE_TIMEOUT_S)   # a front-end stalling mid-message
         self.chan = socket.socket(fileno=args.chan_fd)
         self.doorbell = args.doorbell_fd
         self.port = ffi.new("struct sv3_port *")
@@ -170,17 +173,31 @@ class PortWorker:
         self.backend.handle(msg)
 
     def dispatch(self, events):
-        for fd, _ in events:
+        """Handle what poll() reported.  The vhost socket comes first and its
+        message may close or replace a kick fd, so eventfds are re-checked."""
+        bad = select.POLLERR | select.POLLHUP | select.POLLNVAL
+        for fd, ev in events:
             if fd == self.conn.fileno():
                 self.on_vhost()
             elif fd == self.chan.fileno():
                 self.on_channel()
-            else:
+            elif fd == self.doorbell or fd in self.backend.kick_fds():
+                if ev & bad and fd != self.doorbell:
+                    log.warning("%s: kick fd %d hung up; polling that vring instead", self.name, fd)
+                    self.backend.drop_kick(fd)
+                    continue
                 try:
                     os.read(fd, 8)      # drain a kick or doorbell eventfd
-                except BlockingIOError:
+                except (BlockingIOError, InterruptedError):
                     pass
         self.report()
+
+    def sleep_ms(self):
+        """A started vring without a kick fd must be polled (vhost-user
+        SET_VRING_KICK bit 8): nap 1 ms instead of sleeping."""
+        if any(vr.started and vr.kick_fd < 0 for vr in self.port.vr):
+            return 1
+        return 1000
 
     def housekeeping(self, now):
         if now >= self.next_refresh:
@@ -208,7 +225,7 @@ class PortWorker:
             if lib.sv3_port_arm(self.port):
                 lib.sv3_port_disarm(self.port)
                 continue
-            events = poller.poll(1000)
+            events = poller.poll(self.sleep_ms())
             lib.sv3_port_disarm(self.port)
             last_check = last_work = time.monotonic()
             self.dispatch(events)

@@ -75,7 +75,7 @@ static void learn(struct sv3_port *p, const uint8_t *src)
     struct sv3_fdb_entry *e;
     uint32_t i;
 
-    if (mac == p->last_src)
+    if (mac == p->last_src || mac == 0)    /* 0 marks an empty fdb slot */
         return;
     p->last_src = mac;
     e = fdb_find(p->fdb, p->fdb_mask, mac);

@@ -87,12 +87,14 @@ int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
             break;
         }
         rc = sv3_walk_chain(p, vr, head, 0, segs, SV3_MAX_SEGS, &nsegs, &total);
-        if (rc) {
+        if (rc && rc != SV3_BROKEN_SEGS) {
             broke(p, vi, rc);
             break;
         }
         vr->last_avail_idx++;
-        if (vr->enabled)
+        if (rc)
+            p->ctr->drop_oversize++;                 /* legal, but more buffers than we gather */
+        else if (vr->enabled)
             forward_chain(p, segs, nsegs, total);   /* disabled: consume and drop */
         used_elem(vr, vr->used_idx & (vr->num - 1))->id = head;
         used_elem(vr, vr->used_idx & (vr->num - 1))->len = 0;
@@ -117,9 +119,11 @@ static int gather_rx(struct sv3_port *p, struct sv3_vring *vr, uint16_t avail, u
 
     *nsegs = 0;
     while (have < need) {
-        if (k >= avail)
-            return 0;
         if (k > 0 && !p->mrg_rxbuf)
+            return -1;
+        if (k >= avail)
+            return avail >= vr->num ? -1 : 0;   /* a full ring that cannot hold it: never */
+        if (k >= RX_MAX_SEGS)
             return -1;
         uint16_t head = *avail_ring(vr, (uint16_t)(vr->last_avail_idx + k) & (vr->num - 1));
         if (head >= vr->num) {
@@ -129,11 +133,13 @@ static int gather_rx(struct sv3_port *p, struct sv3_vring *vr, uint16_t avail, u
         rc = sv3_walk_chain(p, vr, head, 1, segs + *nsegs, RX_MAX_SEGS - *nsegs, &ns, &cap);
         if (rc == SV3_BROKEN_SEGS)
             return -1;
+        if (!rc && cap == 0)
+            rc = SV3_BROKEN_EMPTY_RX;            /* zero-length buffers only */
         if (rc) {
             broke(p, vi, rc);
             return -2;
         }
-        if (k == 0 && (ns == 0 || segs[0].len < p->hdr_len))
+        if (k == 0 && segs[0].len < p->hdr_len)
             return -1;   /* the header must sit in the first buffer */
         *nsegs += ns;
         heads[k] = head;
@@ -182,7 +188,8 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
         if (k == -2)
             break;
         if (k == 0) {
-            p->rx_starved = 1;
+            p->rx_starved = 1;                   /* wait for the guest to add buffers */
+            p->rx_starved_avail = (uint16_t)(vr->last_avail_idx + *avail);
             break;
         }
         if (k > 0) {
@@ -274,8 +281,8 @@ int sv3_port_arm(struct sv3_port *p)
     sv3_fence();
     if (tx->started && (sv3_vring_pending(p, tx, &n) || n))
         return 1;
-    if (p->rx_starved)
-        return rx->started && (sv3_vring_pending(p, rx, &n) || n);
+    if (p->rx_starved)    /* only new buffers can help, not the ones that were too few */
+        return rx->started && sv3_load_acquire16(avail_idx(rx)) != p->rx_starved_avail;
     for (i = 0; i < p->nin; i++)
         if (!sv3_ring_empty(&p->inb[i]))
             return 1;

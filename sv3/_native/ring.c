@@ -113,8 +113,12 @@ const struct sv3_frame *sv3_ring_peek(struct sv3_ring_cons *c)
         }
         uint64_t pos = c->head & c->mask;
         const struct sv3_frame *f = (const struct sv3_frame *)(c->data + pos);
-        if (f->len != SV3_FRAME_PAD)
-            return f;
+        if (f->len != SV3_FRAME_PAD) {
+            if (f->len <= (c->mask + 1) / 2 && (uint64_t)f->len < c->tail_cache - c->head)
+                return f;
+            c->head = c->tail_cache;   /* corrupt record from the peer: drop the rest */
+            return NULL;
+        }
         c->head += c->mask + 1 - pos;
     }
 }

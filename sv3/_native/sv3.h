@@ -129,7 +129,8 @@ struct sv3_counters {
 #define SV3_BROKEN_ADDR 5          /* buffer outside guest memory */
 #define SV3_BROKEN_INDIRECT 6      /* malformed indirect table */
 #define SV3_BROKEN_DIRECTION 7     /* writable descriptor in TX / readable in RX */
-#define SV3_BROKEN_SEGS 8          /* more buffers than SV3_MAX_SEGS */
+#define SV3_BROKEN_SEGS 8          /* more buffers than SV3_MAX_SEGS (TX: chain dropped) */
+#define SV3_BROKEN_EMPTY_RX 9      /* guest RX chain with no room at all */
 
 struct sv3_fdb_entry {
     uint64_t mac;           /* 48-bit MAC in the low bytes, 0 = empty slot */
@@ -149,6 +150,7 @@ struct sv3_port {
     uint8_t broken;         /* SV3_BROKEN_*, first reason; vrings untouched */
     uint8_t broken_vring;
     uint8_t rx_starved;     /* frames wait for guest RX buffers */
+    uint16_t rx_starved_avail; /* guest RX avail->idx when that was seen */
     uint16_t batch;
     uint32_t nregions;
     struct sv3_region regions[SV3_MAX_REGIONS];

@@ -66,8 +66,7 @@ int sv3_walk_chain(struct sv3_port *p, struct sv3_vring *vr, uint16_t head, int 
             uint64_t chunk;
             if (!p->indirect || in_indirect || (d.flags & VRING_DESC_F_NEXT) ||
                 d.len == 0 || d.len % sizeof d || d.len / sizeof d > vr->num ||
-                gpa_chunk(p, d.addr, d.len, &host, &chunk) || chunk != d.len ||
-                ((uintptr_t)host & 15))
+                gpa_chunk(p, d.addr, d.len, &host, &chunk) || chunk != d.len)
                 return SV3_BROKEN_INDIRECT;
             table = (const struct vring_desc *)host;
             tsize = d.len / sizeof d;

@@ -87,15 +87,20 @@ class Backend:
         except HandlerError as e:
             log.warning("%s: %s", self.name, e)
             msg.close_fds()
-            if msg.need_reply or (entry and entry[0].startswith("get_")):
-                send_reply(self.sock, msg.request, P.U64.pack(1) if msg.request != R.GET_VRING_BASE
-                           else P.VRING_STATE.pack(0, 0))
+            if msg.request == R.GET_VRING_BASE:      # QEMU waits for it: answer anyway
+                index = P.VRING_STATE.unpack(msg.payload)[0] if len(msg.payload) == 8 else 0
+                send_reply(self.sock, msg.request, P.VRING_STATE.pack(index, 0))
+            elif (entry and entry[0].startswith("get_")) or self._acks(msg):
+                send_reply(self.sock, msg.request, P.U64.pack(1))
             return
         msg.close_fds()
         if reply is not None:
             send_reply(self.sock, msg.request, reply)
-        elif msg.need_reply and self.protocol_features & V.bit(P.PROTOCOL_F_REPLY_ACK):
+        elif self._acks(msg):
             send_reply(self.sock, msg.request, P.U64.pack(0))
+
+    def _acks(self, msg):
+        return msg.need_reply and self.protocol_features & V.bit(P.PROTOCOL_F_REPLY_ACK)
 
     def _u64(self, msg):
         return P.U64.unpack(msg.payload)[0]
@@ -246,11 +251,15 @@ class Backend:
 
     def set_vring_call(self, msg):
         i, fd = self._vring_fd(msg)
+        if fd >= 0:
+            os.set_blocking(fd, False)    # an interrupt must never block the worker
         self._replace_fd(self.vrings[i], "call", fd)
         self.port.vr[i].call_fd = fd
 
     def set_vring_err(self, msg):
         i, fd = self._vring_fd(msg)
+        if fd >= 0:
+            os.set_blocking(fd, False)
         self._replace_fd(self.vrings[i], "err", fd)
 
     def set_vring_enable(self, msg):
@@ -266,6 +275,13 @@ class Backend:
         self._replace_fd(self.vrings[i], "kick", -1)
 
     # -- helpers for the worker -------------------------------------------
+    def drop_kick(self, fd):
+        """Forget a kick fd that hung up; its vring keeps running, polled."""
+        for i, info in enumerate(self.vrings):
+            if info.kick == fd:
+                self._replace_fd(info, "kick", -1)
+                self.port.vr[i].kick_fd = -1
+
     def kick_fds(self):
         return [info.kick for info in self.vrings if info.kick >= 0]
 

@@ -41,7 +41,10 @@ class Message:
 def _recv_exact(sock, n):
     chunks = []
     while n:
-        data = sock.recv(n)
+        try:
+            data = sock.recv(n)
+        except TimeoutError:
+            raise ProtocolError("front-end stalled in the middle of a message")
         if not data:
             raise ConnectionClosed("EOF inside a message")
         chunks.append(data)
@@ -56,6 +59,8 @@ def recv_message(sock):
                                                    socket.MSG_CMSG_CLOEXEC)
     except ConnectionResetError:
         raise ConnectionClosed("connection reset")
+    except TimeoutError:
+        raise ProtocolError("no message header within the timeout")
     if not data:
         for fd in fds:
             os.close(fd)
