@@ -139,8 +139,8 @@ static int gather_rx(struct sv3_port *p, struct sv3_vring *vr, uint16_t avail, u
             broke(p, vi, rc);
             return -2;
         }
-        if (k == 0 && segs[0].len < p->hdr_len)
-            return -1;   /* the header must sit in the first buffer */
+        if (k == 0 && cap < p->hdr_len)
+            return -1;   /* the header must fit in the first buffer (any layout) */
         *nsegs += ns;
         heads[k] = head;
         caps[k] = (uint32_t)(cap < need - have ? cap : need - have);
@@ -212,9 +212,11 @@ static int discard_inbound(struct sv3_port *p)
     uint32_t i;
     int done = 0;
 
+    uint64_t *reason = p->broken ? &p->ctr->drop_broken : &p->ctr->drop_no_buffer;
+
     for (i = 0; i < p->nin; i++) {
         while ((f = sv3_ring_peek(&p->inb[i])) != NULL) {
-            p->ctr->drop_no_buffer++;
+            (*reason)++;
             sv3_ring_consume(&p->inb[i], f);
             done++;
         }
