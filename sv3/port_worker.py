@@ -40,6 +40,11 @@ BROKEN_REASONS = {
 BREATHS_PER_CALL = 64
 CONTROL_CHECK_S = 0.002
 MESSAGE_TIMEOUT_S = 5.0  # longest wait for the rest of a started vhost-user message
+# After the last frame, yield the CPU for this long before arming and
+# sleeping: a peer worker on the same core gets to run without an eventfd
+# round trip (about 5 us each).  Loop bench at 64 B: 5.9 -> 8.3 Mpps with
+# 50 us (20 us: 6.6, 100 us: 7.2); idle cost stays ~0 since we then sleep.
+YIELD_S = 50e-6
 LEARN_GAP_S = 0.001      # at most 1000 learn reports (16 MACs each) per second
 
 
@@ -220,6 +225,9 @@ class PortWorker:
                 continue
             if now - last_work < poll_s:
                 continue            # --poll-us: busy-poll before sleeping
+            if now - last_work < YIELD_S:
+                os.sched_yield()    # hand the core to a peer that has work
+                continue
             self.housekeeping(now)
             poller = self.watch_fds()
             if lib.sv3_port_arm(self.port):
