@@ -7,17 +7,18 @@ workers' MAC reports into snapshots, and serves `python -m sv3.ctl` on
 <socket>.ctl.  Writes: the MAC table, ring and counter segments' creation
 and removal (never their contents after creation)."""
 import argparse
+import grp
 import json
 import logging
 import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 
 from . import __version__, ipc, states
+from .access import Access
 from ._native import BUILD_MODE
 from .fdb import DEFAULT_AGE, MacTable, fmt_mac
 from .ports import PortTable
@@ -33,6 +34,7 @@ class Master:
         self.args = args
         self.instance = names.new_instance()
         self.sel = selectors.DefaultSelector()
+        self.access = Access(args.group)
         self.fdb = MacTable(age=args.fdb_age, max_per_port=args.max_macs_per_port)
         self.ports = PortTable(self.instance, args.ring_kib * 1024)
         self.stopping = False
@@ -64,9 +66,7 @@ class Master:
                 os.unlink(p)
 
     def listen(self, path):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        os.chmod(path, 0o660)
+        s = self.access.bind(path)
         s.listen(16)
         s.setblocking(False)
         return s
@@ -86,8 +86,13 @@ class Master:
             conn, _ = self.listener.accept()
         except BlockingIOError:
             return
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        guest_pid, uid, _gid = struct.unpack("3i", creds)
+        guest_pid, uid, gid = self.access.peer(conn)
+        if not self.access.allowed(guest_pid, uid, gid):
+            log.warning("refused a connection from pid %d (uid %d, gid %d): not root, not uid %d%s",
+                        guest_pid, uid, gid, self.access.uid,
+                        ", not in group %s" % self.access.group if self.access.group else "")
+            conn.close()
+            return
         try:
             port = self.ports.add(conn, guest_pid, self.worker_argv)
         except Exception as e:
@@ -181,6 +186,10 @@ class Master:
             conn, _ = self.ctl.accept()
         except BlockingIOError:
             return
+        if not self.access.allowed(*self.access.peer(conn)):
+            log.warning("refused a control connection from pid %d", self.access.peer(conn)[0])
+            conn.close()
+            return
         try:
             conn.settimeout(2)
             req = json.loads(conn.recv(4096).decode() or "{}")
@@ -242,6 +251,10 @@ def parse_args(argv=None):
                     help="vhost-user socket to listen on (default %(default)s); the control "
                          "socket is <socket>.ctl. A stale socket file is replaced; a live one "
                          "is refused.")
+    ap.add_argument("--group", metavar="NAME",
+                    help="let members of this group attach guests and use sv3.ctl: the sockets "
+                         "get this group (mode 0660 always); default: root and the switch's "
+                         "own user only")
     ap.add_argument("--fdb-age", type=_positive(float), default=DEFAULT_AGE, metavar="SECONDS",
                     help="MAC table ageing time (default %(default)s s)")
     ap.add_argument("--max-macs-per-port", type=_positive(int), default=1024, metavar="N",
@@ -257,6 +270,11 @@ def parse_args(argv=None):
                          "(default %(default)s)")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
+    if args.group:
+        try:
+            grp.getgrnam(args.group)
+        except KeyError:
+            ap.error("--group %s: no such group" % args.group)
     if args.batch_size > 256:
         ap.error("--batch-size must be at most 256")
     return args
