@@ -147,11 +147,9 @@ class Master:
 
     def on_state(self, port, msg):
         port.state, port.features = msg["state"], msg.get("features", 0)
-        if port.state == states.BROKEN:
-            log.error("port %d (guest pid %d) broken: %s", port.id, port.guest_pid, msg.get("reason"))
-        else:
-            log.info("port %d (guest pid %d) is %s (features 0x%x)", port.id, port.guest_pid,
-                     port.state, port.features)
+        # A broken port's one ERROR line comes from its worker, which knows the vring.
+        log.info("port %d (guest pid %d) is %s (features 0x%x)%s", port.id, port.guest_pid,
+                 port.state, port.features, ": " + msg["reason"] if msg.get("reason") else "")
 
     def remove(self, port, why):
         if port.id not in self.ports.by_id:
