@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from . import __version__, ipc, states
+from . import __version__, ipc
 from .access import Access
 from ._native import BUILD_MODE
 from .fdb import DEFAULT_AGE, MacTable, fmt_mac
