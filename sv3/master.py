@@ -19,7 +19,7 @@ import time
 
 from . import __version__, ipc
 from .access import Access
-from ._native import BUILD_MODE
+from ._native import BUILD_MODE, lib
 from .fdb import DEFAULT_AGE, MacTable, fmt_mac
 from .ports import PortTable
 from .shm import names
@@ -27,6 +27,7 @@ from .shm import snapshot as snap
 
 log = logging.getLogger("sv3.master")
 PUBLISH_GAP_S = 0.01     # at most one snapshot per 10 ms
+MAX_PORTS = lib.SV3_MAX_PEERS + 1   # every port has a ring to every other
 
 
 class Master:
@@ -87,6 +88,11 @@ class Master:
         except BlockingIOError:
             return
         guest_pid, uid, gid = self.access.peer(conn)
+        if len(self.ports.by_id) >= MAX_PORTS:
+            log.warning("refused a connection from pid %d: the switch has its maximum of %d ports",
+                        guest_pid, MAX_PORTS)
+            conn.close()
+            return
         if not self.access.allowed(guest_pid, uid, gid):
             log.warning("refused a connection from pid %d (uid %d, gid %d): not root, not uid %d%s",
                         guest_pid, uid, gid, self.access.uid,

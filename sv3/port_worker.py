@@ -16,6 +16,8 @@ import socket
 import sys
 import time
 
+import posix_ipc
+
 from . import ipc, states
 from ._native import ffi, lib
 from .shm import names, ring
@@ -111,7 +113,17 @@ class PortWorker:
         if port_id in self.peers or len(self.peers) >= lib.SV3_MAX_PEERS:
             os.close(doorbell)
             return
-        self.peers[port_id] = Peer(port_id, ring.attach(out_name), ring.attach(in_name), doorbell)
+        segs = []
+        try:
+            for name in (out_name, in_name):
+                segs.append(ring.attach(name))
+        except (OSError, ValueError, posix_ipc.Error) as e:
+            log.info("%s: peer port %d left before its rings were attached (%s)", self.name, port_id, e)
+            for seg in segs:
+                seg.close()
+            os.close(doorbell)
+            return
+        self.peers[port_id] = Peer(port_id, segs[0], segs[1], doorbell)
         self.rebuild_peers()
 
     def del_peer(self, port_id):
