@@ -17,6 +17,8 @@ import socket
 import sys
 import time
 
+import posix_ipc
+
 from . import __version__, ipc
 from .access import Access
 from ._native import BUILD_MODE, lib
@@ -72,8 +74,20 @@ class Master:
         s.setblocking(False)
         return s
 
+    def remove_stale_segments(self):
+        """Segments left by masters that were killed (their pid is gone)."""
+        stale = names.stale_segments()
+        for name in stale:
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+                pass
+        if stale:
+            log.info("removed %d shared-memory segments of dead sv3 instances", len(stale))
+
     def start(self):
         self.check_free(self.args.socket)
+        self.remove_stale_segments()
         self.listener = self.listen(self.args.socket)
         self.ctl = self.listen(self.args.socket + ".ctl")
         self.sel.register(self.listener, selectors.EVENT_READ, self.on_accept)

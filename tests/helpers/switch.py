@@ -33,7 +33,7 @@ class Switch:
                                      stdin=subprocess.DEVNULL, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(r"instance (sv3\.[0-9a-f]+)", self.log())
+            m = re.search(r"instance (sv3\.\d+\.[0-9a-f]+)", self.log())
             if m and os.path.exists(self.socket + ".ctl"):
                 self.instance = m.group(1)
                 return self
