@@ -114,7 +114,11 @@ class PortTable:
             proc.kill()
             proc.wait()
         rc = proc.returncode
-        return "exit %d" % rc if rc >= 0 else "killed by signal %d" % -rc
+        if rc >= 0:
+            return "exit %d" % rc
+        why = " (guest memory became inaccessible: its memory file was truncated?)" \
+            if -rc == signal.SIGBUS else ""
+        return "killed by %s%s" % (signal.Signals(-rc).name, why)
 
     def _release(self, port):
         for fd in (port.pidfd, port.doorbell):

@@ -31,10 +31,10 @@ static int add_segs(struct sv3_port *p, uint64_t addr, uint32_t len,
         uint64_t chunk;
         if (addr + left < addr || gpa_chunk(p, addr, left, &host, &chunk))
             return SV3_BROKEN_ADDR;
-        if (*nsegs >= maxsegs)
-            return SV3_BROKEN_SEGS;
-        segs[*nsegs].ptr = host;
-        segs[*nsegs].len = (uint32_t)chunk;
+        if (*nsegs < maxsegs) {            /* beyond: only counted, so the walk goes on */
+            segs[*nsegs].ptr = host;       /* and still catches loops and bad addresses */
+            segs[*nsegs].len = (uint32_t)chunk;
+        }
         (*nsegs)++;
         addr += chunk;
         left -= chunk;
@@ -84,7 +84,7 @@ int sv3_walk_chain(struct sv3_port *p, struct sv3_vring *vr, uint16_t head, int 
             *total += d.len;
         }
         if (!(d.flags & VRING_DESC_F_NEXT))
-            return 0;
+            return *nsegs > maxsegs ? SV3_BROKEN_SEGS : 0;
         idx = d.next;
     }
 }

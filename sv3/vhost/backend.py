@@ -231,6 +231,17 @@ class Backend:
         fd = msg.fds.pop() if want else -1
         return i, fd
 
+    def _notify_fd(self, msg):
+        """A call or err fd, made non-blocking: a write must never block us."""
+        i, fd = self._vring_fd(msg)
+        if fd >= 0:
+            try:
+                os.set_blocking(fd, False)
+            except OSError as e:
+                os.close(fd)
+                raise HandlerError("%s for vring %d: unusable fd (%s)" % (msg.name, i, e.strerror))
+        return i, fd
+
     def _replace_fd(self, info, attr, fd):
         old = getattr(info, attr)
         setattr(info, attr, fd)
@@ -250,16 +261,12 @@ class Backend:
                  self.port.vr[i].num, self.port.vr[i].last_avail_idx)
 
     def set_vring_call(self, msg):
-        i, fd = self._vring_fd(msg)
-        if fd >= 0:
-            os.set_blocking(fd, False)    # an interrupt must never block the worker
+        i, fd = self._notify_fd(msg)
         self._replace_fd(self.vrings[i], "call", fd)
         self.port.vr[i].call_fd = fd
 
     def set_vring_err(self, msg):
-        i, fd = self._vring_fd(msg)
-        if fd >= 0:
-            os.set_blocking(fd, False)
+        i, fd = self._notify_fd(msg)
         self._replace_fd(self.vrings[i], "err", fd)
 
     def set_vring_enable(self, msg):

@@ -45,6 +45,8 @@ def _recv_exact(sock, n):
             data = sock.recv(n)
         except TimeoutError:
             raise ProtocolError("front-end stalled in the middle of a message")
+        except ConnectionResetError:
+            raise ConnectionClosed("connection reset inside a message")
         if not data:
             raise ConnectionClosed("EOF inside a message")
         chunks.append(data)
@@ -86,4 +88,9 @@ def recv_message(sock):
 def send_reply(sock, request, payload):
     """Replies carry flags exactly VERSION|REPLY and no fds."""
     data = P.HEADER.pack(request, P.VERSION | P.FLAG_REPLY, len(payload)) + payload
-    sock.sendall(data, socket.MSG_NOSIGNAL)
+    try:
+        sock.sendall(data, socket.MSG_NOSIGNAL)
+    except TimeoutError:
+        raise ProtocolError("front-end does not read its replies")
+    except OSError as e:
+        raise ConnectionClosed("front-end left before reading the reply (%s)" % e.strerror)
