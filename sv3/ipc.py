@@ -30,9 +30,12 @@ def send(sock, obj, fds=()):
 
 
 def recv(sock):
-    """-> (dict, fds).  Raises ChannelClosed on EOF or garbage."""
+    """-> (dict, fds), or (None, []) when nothing is waiting after all.
+    Raises ChannelClosed on EOF or garbage."""
     try:
         data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 4, socket.MSG_CMSG_CLOEXEC)
+    except BlockingIOError:
+        return None, []
     except ConnectionResetError:
         raise ChannelClosed("reset")
     if not data:

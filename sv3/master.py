@@ -144,6 +144,8 @@ class Master:
             return
         for fd in fds:
             os.close(fd)
+        if msg is None:
+            return
         try:
             if msg["t"] == "learn":
                 self.on_learn(port, bytes(msg["macs"]))
@@ -334,6 +336,11 @@ def main(argv=None):
         m.stopping = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    wake_r, wake_w = socket.socketpair()   # wakes select() at once on a signal
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    m.sel.register(wake_r, selectors.EVENT_READ, lambda s: s.recv(64))
     try:
         m.start()
         m.run()

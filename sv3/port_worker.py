@@ -67,6 +67,7 @@ class PortWorker:
         self.conn = socket.socket(fileno=args.conn_fd)
         self.conn.settimeout(MESSAGE_TIMEOUT_S)   # a front-end stalling mid-message
         self.chan = socket.socket(fileno=args.chan_fd)
+        self.chan.setblocking(False)    # a stalled master must never stall frames
         self.doorbell = args.doorbell_fd
         self.port = ffi.new("struct sv3_port *")
         self.port.port_id = args.port_id
@@ -87,6 +88,8 @@ class PortWorker:
     # -- messages from the master -----------------------------------------
     def on_channel(self):
         msg, fds = ipc.recv(self.chan)
+        if msg is None:
+            return
         t = msg["t"]
         if t == "snapshot":
             self.load_snapshot(msg["data"])
@@ -150,7 +153,10 @@ class PortWorker:
             if now - self.learn_sent_at >= LEARN_GAP_S:   # a MAC storm: skip, sources recur
                 self.learn_sent_at = now
                 macs = b"".join(p.learn[i].to_bytes(8, "little")[:6] for i in range(p.nlearn))
-                ipc.send(self.chan, {"t": "learn", "macs": macs})
+                try:
+                    ipc.send(self.chan, {"t": "learn", "macs": macs})
+                except BlockingIOError:
+                    pass            # the master is behind: sources recur, report later
             p.nlearn = 0
         if p.broken and not self.broken_reported:
             self.broken_reported = True
@@ -171,10 +177,13 @@ class PortWorker:
         else:
             st = states.NEGOTIATING
         if st != self.state:
-            self.state = st
             reason = BROKEN_REASONS.get(p.broken, "") if p.broken else ""
-            ipc.send(self.chan, {"t": "state", "state": st, "reason": reason,
-                                 "features": self.backend.features})
+            try:
+                ipc.send(self.chan, {"t": "state", "state": st, "reason": reason,
+                                     "features": self.backend.features})
+                self.state = st
+            except BlockingIOError:
+                pass                # the master is behind: retried at the next report
 
     # -- the loop -----------------------------------------------------------
     def watch_fds(self):
@@ -280,7 +289,9 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s sv3-port[%(process)d] %(levelname)s %(message)s")
     lib.sv3_set_pdeathsig(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM comes from the parent-death signal or supervisord's group kill:
+    # leave at once, the kernel releases mappings and fds, the master the shm.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the master decides when we stop
     w = PortWorker(args)
     try:

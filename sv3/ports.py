@@ -36,8 +36,15 @@ class Port:
         self.doorbell = -1
 
     def send(self, obj, fds=()):
+        """Never blocks the master: a worker that stopped reading its
+        channel (hung, stopped) is killed; its pidfd then removes the port."""
         try:
             ipc.send(self.chan, obj, fds)
+        except BlockingIOError:
+            if self.proc.poll() is None:
+                log.warning("port %d: worker %d does not read its channel; killing it",
+                            self.id, self.proc.pid)
+                self.proc.kill()
         except OSError:
             pass            # the worker is gone; its pidfd will tell the master
 
@@ -63,6 +70,7 @@ class PortTable:
         chan_child = None
         try:
             port.chan, chan_child = ipc.pair()
+            port.chan.setblocking(False)
             port.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             fds = (conn.fileno(), chan_child.fileno(), port.doorbell)
             port.proc = subprocess.Popen(argv_for(port, fds), pass_fds=fds, stdin=subprocess.DEVNULL)

@@ -1,0 +1,393 @@
+"""Helpers for process-fault and endurance tests: what a process holds
+(/proc fds, RSS, shm mappings), waiting for pids to die, the processes and
+/dev/shm segments of one switch instance, a fuller vhost-user handshake, a
+loop generator with other MACs, a guest that may reboot, and reading a
+guest's console while it runs.
+
+Reads /proc only; never signals anything.  Stdlib (+ sv3.ctl) only."""
+import mmap
+import os
+import re
+import struct
+import time
+from collections import Counter
+
+from sv3.ctl import query
+
+from .guest import Guest, parse_log
+from .testpmd import MAC0, MAC1, LoopGenerator, _STATS_MARK
+from .vhost_client import VhostClient
+
+FD_SLACK = 2          # fds the master may gain over a test without it being a leak
+
+
+# --------------------------------------------------------------------------
+# /proc
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def fd_kinds(pid):
+    """Counter of what the fds of pid point at, by kind: 'socket', 'pipe',
+    'anon_inode:[pidfd]', 'anon_inode:[eventfd]', '/dev/shm/...', a path."""
+    kinds = Counter()
+    d = "/proc/%d/fd" % pid
+    for fd in os.listdir(d):
+        try:
+            target = os.readlink(os.path.join(d, fd))
+        except FileNotFoundError:
+            continue
+        kinds[re.sub(r":\[\d+\]$", "", target)] += 1
+    return kinds
+
+
+def shm_maps(pid, prefix=""):
+    """Distinct /dev/shm files mapped by pid (optionally only names starting with prefix)."""
+    out = set()
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith("/dev/shm/" + prefix):
+                out.add(parts[5].strip())
+    return out
+
+
+def port_residue(pid, instance):
+    """What the master holds per port (pidfds, eventfds, shm mappings of its
+    instance); empty when it has no port left and leaks nothing."""
+    kinds = fd_kinds(pid)
+    res = {k: v for k, v in kinds.items() if k in ("anon_inode:[pidfd]", "anon_inode:[eventfd]")}
+    maps = shm_maps(pid, instance)
+    if maps:
+        res["shm maps"] = sorted(maps)
+    return res
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise KeyError("VmRSS")
+
+
+def pid_alive(pid):
+    """True if pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_dead(pids, timeout, what="processes"):
+    """Wait until none of pids is alive; returns the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("%s still alive after %.1f s: %s" % (what, timeout, alive))
+        time.sleep(0.02)
+
+
+def wait_until(pred, timeout, what, period=0.05):
+    """Poll pred() until it returns something true; returns (value, seconds)."""
+    t0 = time.monotonic()
+    while True:
+        v = pred()
+        if v:
+            return v, time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(period)
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def instance_processes(instance):
+    """Live port workers of one switch instance, found by their command
+    line (--instance <instance>), whoever their parent is now.  `instance`
+    may be a prefix ending at a dot (sv3.<pid>)."""
+    want = instance.encode()
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        argv = _cmdline(int(name))
+        if b"sv3.port_worker" in argv and pid_alive(int(name)) and \
+                any(a == want or a.startswith(want + b".") for a in argv):
+            pids.append(int(name))
+    return pids
+
+
+def full_instance(sw):
+    """The whole instance name from a Switch's banner (sv3.<pid>.<hex>)."""
+    m = re.search(r"instance (sv3\.\S+)", sw.log())
+    return m.group(1) if m else sw.instance
+
+
+def shm_segments(instance):
+    """/dev/shm names of one instance (counter blocks .pN, rings .rA-B)."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(instance + "."))
+
+
+def segments_of_port(instance, port_id):
+    pat = re.compile(r"^%s\.(p%d|r%d-\d+|r\d+-%d)$" % (re.escape(instance), port_id, port_id, port_id))
+    return [n for n in shm_segments(instance) if pat.match(n)]
+
+
+def unlink_segments(names):
+    for n in names:
+        try:
+            os.unlink("/dev/shm/" + n)
+        except FileNotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------
+# the switch, in-process (no `python -m sv3.ctl` per sample)
+
+def ports(sock_path, include_gone=False):
+    return query(sock_path, "ports", all=include_gone)
+
+
+def fdb(sock_path):
+    return query(sock_path, "fdb")
+
+
+def port_of_mac(rows, mac):
+    for r in rows:
+        if mac.lower() in r["macs"]:
+            return r
+    return None
+
+
+def check_clean_stop(sw, fd_base, log_must_not=(" ERROR ", "Traceback")):
+    """End of a test whose master is alive: no port left, no fd and no
+    per-port residue in the master, then SIGTERM: exit 0, no worker, no
+    segment, no socket.  Returns a dict of what was measured."""
+    pid = sw.proc.pid
+    wait_until(lambda: ports(sw.socket) == [], 20, "every port to detach")
+    fds = fd_count(pid)
+    residue = port_residue(pid, sw.instance)
+    assert fds <= fd_base + FD_SLACK, "master fd leak: %d fds at start, %d now: %s" % (
+        fd_base, fds, fd_kinds(pid))
+    assert not residue, "master still holds per-port resources: %s" % residue
+    rc = sw.stop()
+    assert rc == 0, "master exit status %r\n%s" % (rc, sw.log()[-3000:])
+    assert instance_processes(sw.instance) == [], "workers left behind"
+    assert sw.shm_segments() == [], "segments left behind: %s" % sw.shm_segments()
+    assert not os.path.exists(sw.socket) and not os.path.exists(sw.socket + ".ctl")
+    log = sw.log()
+    for bad in log_must_not:
+        assert bad not in log, "master log has %r:\n%s" % (bad, log[-4000:])
+    return {"fds_start": fd_base, "fds_end": fds}
+
+
+# --------------------------------------------------------------------------
+# front-ends
+
+class LoopGen(LoopGenerator):
+    """LoopGenerator with its own pair of MACs, so two can share a switch."""
+
+    def __init__(self, paths, macs=(MAC0, MAC1), **kw):
+        self.macs = tuple(m.lower() for m in macs)
+        super().__init__(paths, **kw)
+
+    def _vdev_args(self):
+        out = []
+        for a in super()._vdev_args():
+            m = re.match(r"net_virtio_user(\d),", a)
+            if m:
+                a = re.sub(r"mac=[0-9A-Fa-f:]+", "mac=" + self.macs[int(m.group(1))], a)
+            out.append(a)
+        return out
+
+    def _app_args(self):
+        peer = {"--eth-peer=0,%s" % MAC1: "--eth-peer=0,%s" % self.macs[1],
+                "--eth-peer=1,%s" % MAC0: "--eth-peer=1,%s" % self.macs[0]}
+        return [peer.get(a, a) for a in super()._app_args()]
+
+    def wait_ports_up(self, timeout=30.0):
+        def up(text):
+            upper = text.upper()
+            return ("PORT 0: %s" % self.macs[0].upper() in upper
+                    and "PORT 1: %s" % self.macs[1].upper() in upper and _STATS_MARK in text)
+        return self._wait_for(up, timeout, "waiting for ports up")
+
+
+class RebootableGuest(Guest):
+    """A Guest without -no-reboot: `reboot -f` inside resets the machine
+    (and its virtio device) instead of ending QEMU.  Its script runs again
+    on every boot; the host decides when it has seen enough."""
+
+    def command(self):
+        args = super().command()
+        args.remove("-no-reboot")
+        return args
+
+
+def console(guest):
+    """The guest's console log so far (bytes are decoded, \\r removed)."""
+    with open(guest.log_path, "rb") as f:
+        return f.read().decode("utf-8", "replace").replace("\r", "")
+
+
+def sv3_lines(guest, kind):
+    return [d for d in parse_log(console(guest)) if d.get("kind") == kind]
+
+
+REPLY = re.compile(r"bytes from ([0-9.]+): seq=(\d+)")
+
+
+def replies(text, src):
+    """seq numbers of ping replies from src in a console text."""
+    return [int(s) for ip, s in REPLY.findall(text) if ip == src]
+
+
+def stream_ping_cmd(peer_ip, seconds=150, interval=0.2, wait=90):
+    """Wait until peer_ip answers (at most `wait` s), print 'SV3 reached',
+    then ping it every `interval` s until `seconds` have passed since the
+    start, printing every reply on the console as it comes (busybox ping
+    is restarted if it ever gives up, e.g. while the link is down)."""
+    return f"""\
+t0=$(date +%s); end=$((t0+{int(seconds)}))
+until ping -c1 -W1 {peer_ip} >/dev/null 2>&1; do [ $(date +%s) -ge $((t0+{int(wait)})) ] && break; usleep 200000; done
+echo "SV3 reached peer={peer_ip} waited=$(($(date +%s)-t0))"
+while [ $(date +%s) -lt $end ]; do ping -i {interval} -w $((end-$(date +%s))) {peer_ip}; usleep 200000; done
+echo "SV3 pingdone"
+"""
+
+
+# --------------------------------------------------------------------------
+# a fuller vhost-user handshake (no QEMU): features, memory table, both vrings
+
+REQ = dict(GET_FEATURES=1, SET_FEATURES=2, SET_OWNER=3, SET_MEM_TABLE=5, SET_VRING_NUM=8,
+           SET_VRING_ADDR=9, SET_VRING_BASE=10, GET_VRING_BASE=11, SET_VRING_KICK=12,
+           SET_VRING_CALL=13, GET_PROTOCOL_FEATURES=15, SET_PROTOCOL_FEATURES=16,
+           SET_VRING_ENABLE=18)
+NEED_REPLY = 0x1 | 0x8
+F_VERSION_1, F_MRG_RXBUF, F_EVENT_IDX, F_PROTOCOL = 1 << 32, 1 << 15, 1 << 29, 1 << 30
+PF_MQ, PF_REPLY_ACK = 1 << 0, 1 << 3
+MEM_BYTES = 1 << 20
+FAKE_QVA = 0x7f3300000000
+QSIZE = 256
+
+
+class HandshakeClient(VhostClient):
+    """Brings a port to ACTIVE the way a front-end does, with fake guest
+    memory (a memfd of zeroes: empty rings).  close() releases everything."""
+
+    def __init__(self, path, timeout=5.0):
+        super().__init__(path, timeout)
+        self.fds, self.kicks = [], []
+        self.mem = None
+
+    def _u64(self, req, v, flags=0x1, fds=()):
+        self.send(req, struct.pack("<Q", v), flags=flags, fds=fds)
+
+    def _ack(self, req):
+        r, flags, payload = self.recv_reply()
+        assert r == req and flags & 0x4 and struct.unpack("<Q", payload)[0] == 0, (r, flags, payload)
+
+    def start(self):
+        feats = self.get_features()
+        assert feats & F_PROTOCOL
+        _, _, p = self.request(REQ["GET_PROTOCOL_FEATURES"])
+        pf = struct.unpack("<Q", p)[0] & (PF_MQ | PF_REPLY_ACK)
+        self._u64(REQ["SET_PROTOCOL_FEATURES"], pf)
+        self.send(REQ["SET_OWNER"])
+        self._u64(REQ["SET_FEATURES"], F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL)
+        mem = os.memfd_create("sv3-endurance", os.MFD_CLOEXEC)
+        self.fds.append(mem)
+        os.ftruncate(mem, MEM_BYTES)
+        self.mem = mmap.mmap(mem, MEM_BYTES)
+        table = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, MEM_BYTES, FAKE_QVA, 0)
+        self.send(REQ["SET_MEM_TABLE"], table, flags=NEED_REPLY, fds=[mem])
+        self._ack(REQ["SET_MEM_TABLE"])
+        for i in (0, 1):
+            base = FAKE_QVA + i * 0x8000
+            self.send(REQ["SET_VRING_NUM"], struct.pack("<II", i, QSIZE))
+            self.send(REQ["SET_VRING_BASE"], struct.pack("<II", i, 0))
+            self.send(REQ["SET_VRING_ADDR"], struct.pack("<IIQQQQ", i, 0, base, base + 0x2000,
+                                                           base + 0x1000, 0))
+            call, kick = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
+            self.fds.append(call)
+            self.kicks.append(kick)
+            self._u64(REQ["SET_VRING_CALL"], i, fds=[call])
+            self._u64(REQ["SET_VRING_KICK"], i, fds=[kick])
+            self.send(REQ["SET_VRING_ENABLE"], struct.pack("<II", i, 1), flags=NEED_REPLY)
+            self._ack(REQ["SET_VRING_ENABLE"])
+        return self
+
+    def restart_vrings(self):
+        """Start both vrings again after stop_device() (new kick fds)."""
+        for i in (0, 1):
+            kick = os.eventfd(0, os.EFD_CLOEXEC)
+            self._u64(REQ["SET_VRING_KICK"], i, fds=[kick])
+            os.close(self.kicks[i])
+            self.kicks[i] = kick
+        self.send(REQ["SET_VRING_ENABLE"], struct.pack("<II", 1, 1), flags=NEED_REPLY)
+        self._ack(REQ["SET_VRING_ENABLE"])
+
+    def stop_device(self):
+        """GET_VRING_BASE on both vrings: the device reset QEMU does."""
+        for i in (0, 1):
+            self.send(REQ["GET_VRING_BASE"], struct.pack("<II", i, 0))
+            r, _, payload = self.recv_reply()
+            assert r == REQ["GET_VRING_BASE"] and struct.unpack("<II", payload)[0] == i
+
+    # -- the guest's side of vring 1 (TX), enough to send frames --------
+    TX = 0x8000                     # memfd offset (= GPA) of vring 1
+    BUFS = 0x20000                  # 256 TX buffers of 2 KiB
+    HDR = bytes(12)                 # virtio-net header, VERSION_1: nothing asked
+
+    def _tx_used_idx(self):
+        return struct.unpack_from("<H", self.mem, self.TX + 0x2000 + 2)[0]
+
+    def send_frames(self, frames, timeout=5.0):
+        """Put up to QSIZE frames on the TX vring, kick, and wait until the
+        switch has used them all.  Raises TimeoutError if it does not."""
+        assert len(frames) <= QSIZE
+        avail = self.TX + 0x1000
+        idx = struct.unpack_from("<H", self.mem, avail + 2)[0]
+        for n, frame in enumerate(frames):
+            d = (idx + n) % QSIZE
+            buf = self.BUFS + d * 2048
+            data = self.HDR + frame
+            self.mem[buf:buf + len(data)] = data
+            struct.pack_into("<QIHH", self.mem, self.TX + 16 * d, buf, len(data), 0, 0)
+            struct.pack_into("<H", self.mem, avail + 4 + 2 * ((idx + n) % QSIZE), d)
+        new = (idx + len(frames)) & 0xFFFF
+        struct.pack_into("<H", self.mem, avail + 2, new)
+        os.eventfd_write(self.kicks[1], 1)
+        deadline = time.monotonic() + timeout
+        while self._tx_used_idx() != new:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the switch used %d of %d TX buffers in %.0f s"
+                                   % ((self._tx_used_idx() - idx) & 0xFFFF, len(frames), timeout))
+            time.sleep(0.0005)
+
+    def close(self):
+        super().close()
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+        for fd in self.fds + self.kicks:
+            os.close(fd)
+        self.fds, self.kicks = [], []
+
+
+def broadcast_frame(src):
+    """A minimal broadcast Ethernet frame (60 bytes) from MAC bytes `src`."""
+    return b"\xff" * 6 + src + b"\x08\x06" + bytes(46)
