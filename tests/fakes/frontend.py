@@ -34,12 +34,12 @@ import fcntl
 import mmap
 import os
 import select
-import socket
 import struct
 import threading
 import time
 
 from sv3._native import ffi
+from tests.helpers.vhost_client import VhostClient
 
 # -- wire format (/work/shared/reference/vhost-user.md sections 2-3) --------
 HEADER = struct.Struct("<III")           # request, flags, size
@@ -310,7 +310,7 @@ class ReplyError(AssertionError):
     pass
 
 
-class Frontend:
+class Frontend(VhostClient):
     """One vhost-user connection to the switch, with its guest memory, two
     vrings (0 = guest RX, 1 = guest TX) and kick/call/err eventfds."""
 
@@ -326,9 +326,7 @@ class Frontend:
         self.kick = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
         self.call = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
         self.err = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(2)]
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        super().__init__(path, timeout)
 
     @property
     def rx(self):
@@ -338,32 +336,7 @@ class Frontend:
     def tx(self):
         return self.vrings[1]
 
-    # -- raw messages -----------------------------------------------------------
-    def send(self, request, payload=b"", flags=VERSION, fds=(), size=None):
-        """Any message: size overrides the header's size field."""
-        data = HEADER.pack(request, flags, len(payload) if size is None else size) + payload
-        self.send_bytes(data, fds)
-
-    def send_bytes(self, data, fds=()):
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            self.sock.sendall(data)
-
-    def recv_reply(self):
-        head = self._recv_exact(HEADER.size)
-        request, flags, size = HEADER.unpack(head)
-        return request, flags, self._recv_exact(size)
-
-    def _recv_exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError("the switch closed the connection")
-            buf += chunk
-        return buf
-
+    # -- raw messages: send(), send_bytes(), recv_reply() come from VhostClient --
     def request(self, request, payload=b""):
         """A message with a reply (GET_*): returns the checked reply payload."""
         self.send(request, payload)
@@ -528,7 +501,7 @@ class Frontend:
         return frames
 
     def close(self):
-        self.sock.close()
+        super().close()
         for fd in self.kick + self.call + self.err:
             os.close(fd)
         self.kick = self.call = self.err = []

@@ -5,10 +5,8 @@ loop generator with other MACs, a guest that may reboot, and reading a
 guest's console while it runs.
 
 Reads /proc only; never signals anything.  Stdlib (+ sv3.ctl) only."""
-import mmap
 import os
 import re
-import struct
 import time
 from collections import Counter
 
@@ -16,7 +14,7 @@ from sv3.ctl import query
 
 from .guest import Guest, parse_log
 from .testpmd import MAC0, MAC1, LoopGenerator, _STATS_MARK
-from .vhost_client import VhostClient
+from tests.fakes.frontend import Frontend
 
 FD_SLACK = 2          # fds the master may gain over a test without it being a leak
 
@@ -272,120 +270,26 @@ echo "SV3 pingdone"
 # --------------------------------------------------------------------------
 # a fuller vhost-user handshake (no QEMU): features, memory table, both vrings
 
-REQ = dict(GET_FEATURES=1, SET_FEATURES=2, SET_OWNER=3, SET_MEM_TABLE=5, SET_VRING_NUM=8,
-           SET_VRING_ADDR=9, SET_VRING_BASE=10, GET_VRING_BASE=11, SET_VRING_KICK=12,
-           SET_VRING_CALL=13, GET_PROTOCOL_FEATURES=15, SET_PROTOCOL_FEATURES=16,
-           SET_VRING_ENABLE=18)
-NEED_REPLY = 0x1 | 0x8
-F_VERSION_1, F_MRG_RXBUF, F_EVENT_IDX, F_PROTOCOL = 1 << 32, 1 << 15, 1 << 29, 1 << 30
-PF_MQ, PF_REPLY_ACK = 1 << 0, 1 << 3
-MEM_BYTES = 1 << 20
-FAKE_QVA = 0x7f3300000000
-QSIZE = 256
-
-
-class HandshakeClient(VhostClient):
-    """Brings a port to ACTIVE the way a front-end does, with fake guest
-    memory (a memfd of zeroes: empty rings).  close() releases everything."""
-
-    def __init__(self, path, timeout=5.0):
-        super().__init__(path, timeout)
-        self.fds, self.kicks = [], []
-        self.mem = None
-
-    def _u64(self, req, v, flags=0x1, fds=()):
-        self.send(req, struct.pack("<Q", v), flags=flags, fds=fds)
-
-    def _ack(self, req):
-        r, flags, payload = self.recv_reply()
-        assert r == req and flags & 0x4 and struct.unpack("<Q", payload)[0] == 0, (r, flags, payload)
-
-    def start(self):
-        feats = self.get_features()
-        assert feats & F_PROTOCOL
-        _, _, p = self.request(REQ["GET_PROTOCOL_FEATURES"])
-        pf = struct.unpack("<Q", p)[0] & (PF_MQ | PF_REPLY_ACK)
-        self._u64(REQ["SET_PROTOCOL_FEATURES"], pf)
-        self.send(REQ["SET_OWNER"])
-        self._u64(REQ["SET_FEATURES"], F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL)
-        mem = os.memfd_create("sv3-endurance", os.MFD_CLOEXEC)
-        self.fds.append(mem)
-        os.ftruncate(mem, MEM_BYTES)
-        self.mem = mmap.mmap(mem, MEM_BYTES)
-        table = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, MEM_BYTES, FAKE_QVA, 0)
-        self.send(REQ["SET_MEM_TABLE"], table, flags=NEED_REPLY, fds=[mem])
-        self._ack(REQ["SET_MEM_TABLE"])
-        for i in (0, 1):
-            base = FAKE_QVA + i * 0x8000
-            self.send(REQ["SET_VRING_NUM"], struct.pack("<II", i, QSIZE))
-            self.send(REQ["SET_VRING_BASE"], struct.pack("<II", i, 0))
-            self.send(REQ["SET_VRING_ADDR"], struct.pack("<IIQQQQ", i, 0, base, base + 0x2000,
-                                                           base + 0x1000, 0))
-            call, kick = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
-            self.fds.append(call)
-            self.kicks.append(kick)
-            self._u64(REQ["SET_VRING_CALL"], i, fds=[call])
-            self._u64(REQ["SET_VRING_KICK"], i, fds=[kick])
-            self.send(REQ["SET_VRING_ENABLE"], struct.pack("<II", i, 1), flags=NEED_REPLY)
-            self._ack(REQ["SET_VRING_ENABLE"])
-        return self
-
-    def restart_vrings(self):
-        """Start both vrings again after stop_device() (new kick fds)."""
-        for i in (0, 1):
-            kick = os.eventfd(0, os.EFD_CLOEXEC)
-            self._u64(REQ["SET_VRING_KICK"], i, fds=[kick])
-            os.close(self.kicks[i])
-            self.kicks[i] = kick
-        self.send(REQ["SET_VRING_ENABLE"], struct.pack("<II", 1, 1), flags=NEED_REPLY)
-        self._ack(REQ["SET_VRING_ENABLE"])
+class HandshakeClient(Frontend):
+    """A front-end (tests/fakes/frontend.py; attach() brings its port to
+    ACTIVE the way QEMU does) whose send_frames waits until the switch has
+    used every buffer.  close() releases everything."""
 
     def stop_device(self):
         """GET_VRING_BASE on both vrings: the device reset QEMU does."""
-        for i in (0, 1):
-            self.send(REQ["GET_VRING_BASE"], struct.pack("<II", i, 0))
-            r, _, payload = self.recv_reply()
-            assert r == REQ["GET_VRING_BASE"] and struct.unpack("<II", payload)[0] == i
-
-    # -- the guest's side of vring 1 (TX), enough to send frames --------
-    TX = 0x8000                     # memfd offset (= GPA) of vring 1
-    BUFS = 0x20000                  # 256 TX buffers of 2 KiB
-    HDR = bytes(12)                 # virtio-net header, VERSION_1: nothing asked
-
-    def _tx_used_idx(self):
-        return struct.unpack_from("<H", self.mem, self.TX + 0x2000 + 2)[0]
+        return self.stop()
 
     def send_frames(self, frames, timeout=5.0):
-        """Put up to QSIZE frames on the TX vring, kick, and wait until the
-        switch has used them all.  Raises TimeoutError if it does not."""
-        assert len(frames) <= QSIZE
-        avail = self.TX + 0x1000
-        idx = struct.unpack_from("<H", self.mem, avail + 2)[0]
-        for n, frame in enumerate(frames):
-            d = (idx + n) % QSIZE
-            buf = self.BUFS + d * 2048
-            data = self.HDR + frame
-            self.mem[buf:buf + len(data)] = data
-            struct.pack_into("<QIHH", self.mem, self.TX + 16 * d, buf, len(data), 0, 0)
-            struct.pack_into("<H", self.mem, avail + 4 + 2 * ((idx + n) % QSIZE), d)
-        new = (idx + len(frames)) & 0xFFFF
-        struct.pack_into("<H", self.mem, avail + 2, new)
-        os.eventfd_write(self.kicks[1], 1)
-        deadline = time.monotonic() + timeout
-        while self._tx_used_idx() != new:
-            if time.monotonic() > deadline:
+        """Put frames on the TX vring, kick, and wait until the switch has
+        used them all.  Raises TimeoutError if it does not."""
+        super().send_frames(frames)
+        done, deadline = 0, time.monotonic() + timeout
+        while done < len(frames):
+            done += self.reclaim_tx()
+            if done < len(frames) and time.monotonic() > deadline:
                 raise TimeoutError("the switch used %d of %d TX buffers in %.0f s"
-                                   % ((self._tx_used_idx() - idx) & 0xFFFF, len(frames), timeout))
+                                   % (done, len(frames), timeout))
             time.sleep(0.0005)
-
-    def close(self):
-        super().close()
-        if self.mem is not None:
-            self.mem.close()
-            self.mem = None
-        for fd in self.fds + self.kicks:
-            os.close(fd)
-        self.fds, self.kicks = [], []
 
 
 def broadcast_frame(src):

@@ -1,6 +1,7 @@
 """A minimal vhost-user front-end for tests: connects to the switch and
-sends hand-made messages (no QEMU).  Enough to create ports and probe the
-protocol; issue-specific fuzzing builds on send()/request()."""
+sends hand-made messages (no QEMU, no guest memory).  Enough to create
+ports and probe the protocol; tests/fakes/frontend.Frontend builds the full
+front-end (memory, vrings, handshake) on top of it."""
 import socket
 import struct
 
@@ -14,8 +15,12 @@ class VhostClient:
         self.sock.settimeout(timeout)
         self.sock.connect(path)
 
-    def send(self, request, payload=b"", flags=0x1, fds=()):
-        data = HEADER.pack(request, flags, len(payload)) + payload
+    def send(self, request, payload=b"", flags=0x1, fds=(), size=None):
+        """Any message: size overrides the header's size field."""
+        data = HEADER.pack(request, flags, len(payload) if size is None else size) + payload
+        self.send_bytes(data, fds)
+
+    def send_bytes(self, data, fds=()):
         if fds:
             socket.send_fds(self.sock, [data], list(fds))
         else:
@@ -31,7 +36,8 @@ class VhostClient:
         return self.recv_reply()
 
     def get_features(self):
-        req, flags, payload = self.request(GET_FEATURES)
+        self.send(GET_FEATURES)
+        req, flags, payload = self.recv_reply()
         assert (req, flags, len(payload)) == (GET_FEATURES, 0x5, 8)
         return struct.unpack("<Q", payload)[0]
 

@@ -34,7 +34,7 @@ def settle(sw):
 
 def run_cycles(sw, n, first, open_):
     for i in range(first, first + n):
-        c = HandshakeClient(sw.socket).start()
+        c = HandshakeClient(sw.socket).attach()
         open_.append(c)
         if i % SAMPLE_EVERY == 0:
             rows, _ = wait_until(lambda: [r for r in ports(sw.socket) if r["state"] == "active"],

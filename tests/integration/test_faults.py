@@ -485,7 +485,7 @@ def test_stopped_master_does_not_stop_forwarding(sw):
 # 7. SIGTERM with a hung worker: it is killed, the rest is clean
 
 def test_sigterm_with_a_hung_worker_kills_it_and_stops_clean(sw):
-    clients = [HandshakeClient(sw.socket).start() for _ in range(2)]
+    clients = [HandshakeClient(sw.socket).attach() for _ in range(2)]
     try:
         rows, _ = wait_until(active_ports(sw.socket, 2), 10, "2 active ports")
         hung = rows[0]["worker_pid"]
@@ -519,7 +519,7 @@ def test_hung_worker_does_not_wedge_the_master(sw):
     while other front-ends come and go.  Every attach and detach sends the
     hung worker a message (peer_add, peer_del) it does not read; the master
     must keep accepting ports and answering sv3.ctl."""
-    hung_client = HandshakeClient(sw.socket).start()
+    hung_client = HandshakeClient(sw.socket).attach()
     rows, _ = wait_until(active_ports(sw.socket, 1), 10, "the port to be active")
     hung = rows[0]["worker_pid"]
     os.kill(hung, signal.SIGSTOP)
@@ -528,7 +528,7 @@ def test_hung_worker_does_not_wedge_the_master(sw):
         for done in range(300):
             c = HandshakeClient(sw.socket, timeout=5)
             try:
-                c.start()
+                c.attach()
             except OSError as e:
                 failure = "attach %d failed after %.1f s: %r" % (done, time.monotonic() - t0, e)
                 break
@@ -563,8 +563,8 @@ def test_stopped_master_does_not_stall_a_port_that_learns(sw):
     master; those reports must not make the worker wait for the master:
     the guest's TX buffers keep being used (failure model: the master is
     never on the per-frame path)."""
-    sprayer = HandshakeClient(sw.socket).start()
-    peer = HandshakeClient(sw.socket).start()
+    sprayer = HandshakeClient(sw.socket).attach()
+    peer = HandshakeClient(sw.socket).attach()
     wait_until(active_ports(sw.socket, 2), 10, "2 active ports")
     os.kill(sw.proc.pid, signal.SIGSTOP)
     failure, n, t0 = None, 0, time.monotonic()
