@@ -137,9 +137,11 @@ class Master:
                 "--log-level", a.log_level]
 
     def on_worker(self, port):
+        if self.ports.by_id.get(port.id) is not port:
+            return                 # removed earlier in this same select() round
         try:
             msg, fds = ipc.recv(port.chan)
-        except ipc.ChannelClosed:
+        except (ipc.ChannelClosed, OSError):
             self.remove(port, "worker channel closed")
             return
         for fd in fds:
@@ -232,7 +234,10 @@ class Master:
         while not self.stopping:
             timeout = PUBLISH_GAP_S if self.publish_due else 1.0
             for key, _ in self.sel.select(timeout=timeout):
-                key.data(key.fileobj)
+                try:
+                    key.data(key.fileobj)
+                except Exception:  # a bug must cost one event, never the switch
+                    log.exception("internal error while handling %r; continuing", key.fileobj)
                 if self.stopping:
                     break
             if self.publish_due:
