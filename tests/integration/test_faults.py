@@ -108,6 +108,17 @@ def counters_move(sock, port_ids, seconds=1.0):
 # 1. a front-end killed with SIGKILL in the middle of a transfer
 
 @pytest.mark.dpdk
+
+def sigterm_master(sw, timeout):
+    """SIGTERM the master; returns (exit status or a note, seconds it took)."""
+    t0 = time.monotonic()
+    sw.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = sw.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        rc = "still running after %d s" % timeout
+    return rc, time.monotonic() - t0
+
 def test_frontend_sigkill_mid_transfer_detaches_and_flushes_others_keep_forwarding(sw):
     find_testpmd()
     victim, other = LoopGen(sw.socket), LoopGen(sw.socket, macs=GEN2_MACS)
@@ -438,13 +449,7 @@ def test_sigterm_during_full_rate_traffic_stops_cleanly(sw):
         workers = [r["worker_pid"] for r in rows]
         rates = gen.rates(warmup=1, seconds=3)
         assert min(rates) > 0.01
-        t0 = time.monotonic()
-        sw.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = sw.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            rc = "still running after 10 s"
-        stop_s = time.monotonic() - t0
+        rc, stop_s = sigterm_master(sw, 10)
         alive = [p for p in workers if pid_alive(p)]
         gen.stop()
     log = sw.log()
@@ -490,13 +495,7 @@ def test_sigterm_with_a_hung_worker_kills_it_and_stops_clean(sw):
         rows, _ = wait_until(active_ports(sw.socket, 2), 10, "2 active ports")
         hung = rows[0]["worker_pid"]
         os.kill(hung, signal.SIGSTOP)
-        t0 = time.monotonic()
-        sw.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = sw.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            rc = "still running after 15 s"
-        stop_s = time.monotonic() - t0
+        rc, stop_s = sigterm_master(sw, 15)
         hung_alive = pid_alive(hung)
     finally:
         for c in clients:
