@@ -104,11 +104,6 @@ def counters_move(sock, port_ids, seconds=1.0):
     return all(after[p][0] > before[p][0] and after[p][1] > before[p][1] for p in port_ids)
 
 
-# ---------------------------------------------------------------------------
-# 1. a front-end killed with SIGKILL in the middle of a transfer
-
-@pytest.mark.dpdk
-
 def sigterm_master(sw, timeout):
     """SIGTERM the master; returns (exit status or a note, seconds it took)."""
     t0 = time.monotonic()
@@ -119,6 +114,11 @@ def sigterm_master(sw, timeout):
         rc = "still running after %d s" % timeout
     return rc, time.monotonic() - t0
 
+
+# ---------------------------------------------------------------------------
+# 1. a front-end killed with SIGKILL in the middle of a transfer
+
+@pytest.mark.dpdk
 def test_frontend_sigkill_mid_transfer_detaches_and_flushes_others_keep_forwarding(sw):
     find_testpmd()
     victim, other = LoopGen(sw.socket), LoopGen(sw.socket, macs=GEN2_MACS)
