@@ -39,14 +39,12 @@ BROKEN_REASONS = {
     8: "descriptor chain has too many buffers",
     9: "receive chain without any room",
 }
-BREATHS_PER_CALL = 64
-CONTROL_CHECK_S = 0.002
+CONTROL_CHECK_NS = 2_000_000   # a busy worker looks at its control fds every 2 ms
 MESSAGE_TIMEOUT_S = 5.0  # longest wait for the rest of a started vhost-user message
-# After the last frame, yield the CPU for this long before arming and
-# sleeping: a peer worker on the same core gets to run without an eventfd
-# round trip (about 5 us each).  Loop bench at 64 B: 5.9 -> 8.3 Mpps with
-# 50 us (20 us: 6.6, 100 us: 7.2); idle cost stays ~0 since we then sleep.
-YIELD_S = 50e-6
+# After the last frame, breaths separated by sched_yield() for this long
+# before arming and sleeping: a peer worker on the same core runs without an
+# eventfd round trip (about 5 us each).  See docs/performance.md.
+YIELD_NS = 50_000
 LEARN_GAP_S = 0.001      # at most 1000 learn reports (16 MACs each) per second
 
 
@@ -231,33 +229,27 @@ class PortWorker:
             self.next_refresh = now + self.args.refresh_s
 
     def run(self):
-        poll_s = self.args.poll_us / 1e6
-        last_check = last_work = time.monotonic()
+        spin_ns = self.args.poll_us * 1000
         while self.running:
-            work = lib.sv3_port_run(self.port, BREATHS_PER_CALL)
-            if self.port.nlearn or self.port.broken:
+            why = lib.sv3_port_poll(self.port, CONTROL_CHECK_NS, spin_ns, YIELD_NS)
+            if why == lib.SV3_POLL_REPORT:
                 self.report()
-            now = time.monotonic()
-            if work:
-                last_work = now
-                if now - last_check >= CONTROL_CHECK_S:
-                    last_check = now
-                    self.dispatch(self.watch_fds().poll(0))
-                continue
-            if now - last_work < poll_s:
-                continue            # --poll-us: busy-poll before sleeping
-            if now - last_work < YIELD_S:
-                os.sched_yield()    # hand the core to a peer that has work
-                continue
-            self.housekeeping(now)
-            poller = self.watch_fds()
-            if lib.sv3_port_arm(self.port):
-                lib.sv3_port_disarm(self.port)
-                continue
-            events = poller.poll(self.sleep_ms())
+            elif why == lib.SV3_POLL_BUDGET:
+                self.dispatch(self.watch_fds().poll(0))
+            else:
+                self.sleep()
+
+    def sleep(self):
+        """Arm kicks and doorbells, re-check, then sleep in poll()."""
+        self.report()
+        self.housekeeping(time.monotonic())
+        poller = self.watch_fds()
+        if lib.sv3_port_arm(self.port):
             lib.sv3_port_disarm(self.port)
-            last_check = last_work = time.monotonic()
-            self.dispatch(events)
+            return
+        events = poller.poll(self.sleep_ms())
+        lib.sv3_port_disarm(self.port)
+        self.dispatch(events)
 
     def close(self):
         for peer in self.peers.values():

@@ -171,7 +171,7 @@ class PortTable:
             "flood_frames": c["flood_frames"],
             "drops": sum(c[k] for k in DROP_COUNTERS) + c["drop_ring_full"],
             "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
-            "breaths": c["breaths"], "wakeups": c["wakeups"],
+            "breaths": c["breaths"], "wakeups": c["wakeups"], "yields": c["yields"],
         }
 
 

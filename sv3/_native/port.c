@@ -5,6 +5,8 @@
  * Copy budget: guest TX buffer -> ring record (1 copy per destination),
  * ring record -> guest RX buffer (1 copy).  Source frames are read-only.
  */
+#include <sched.h>
+#include <time.h>
 #include "vring.h"
 
 #define RX_MAX_SEGS 256       /* buffers per frame written to a guest */
@@ -62,13 +64,42 @@ static void forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32
     }
 }
 
+/* One guest TX chain, walked one frame ahead of its forwarding so that the
+ * cache misses on its descriptor and first buffer overlap the previous
+ * frame's copy (the generator or guest wrote them from another CPU). */
+struct tx_chain {
+    struct sv3_seg segs[SV3_MAX_SEGS];
+    uint32_t nsegs;
+    int rc;                 /* 0, SV3_BROKEN_SEGS (legal: dropped) or broken */
+    uint64_t total;
+    uint16_t head;
+};
+
+static void tx_walk(struct sv3_port *p, struct sv3_vring *vr, uint16_t pos, struct tx_chain *c)
+{
+    uint32_t mask = vr->num - 1;
+    uint16_t after = *avail_ring(vr, (uint16_t)(pos + 1) & mask);
+
+    if (after < vr->num)    /* a hint only: stale or not, it is never dereferenced */
+        __builtin_prefetch((const void *)(uintptr_t)(vr->desc + 16u * after));
+    c->head = *avail_ring(vr, pos & mask);
+    if (c->head >= vr->num) {
+        c->rc = SV3_BROKEN_HEAD;
+        return;
+    }
+    c->rc = sv3_walk_chain(p, vr, c->head, 0, c->segs, SV3_MAX_SEGS, &c->nsegs, &c->total);
+    if ((c->rc == 0 || c->rc == SV3_BROKEN_SEGS) && c->nsegs) {
+        __builtin_prefetch(c->segs[0].ptr);
+        __builtin_prefetch(c->segs[0].ptr + 64);
+    }
+}
+
 /* Guest TX: take up to batch chains, forward them, return them used. */
 int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
 {
-    struct sv3_seg segs[SV3_MAX_SEGS];
-    uint32_t nsegs, i, k, vi = (uint32_t)(vr - p->vr);
-    uint64_t total;
-    uint16_t n, head;
+    struct tx_chain ch[2];
+    uint32_t i, k, vi = (uint32_t)(vr - p->vr);
+    uint16_t n;
     int rc;
 
     if (!vr->started || p->broken)
@@ -80,23 +111,22 @@ int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
     }
     if (n > p->batch)
         n = p->batch;
+    if (n)
+        tx_walk(p, vr, vr->last_avail_idx, &ch[0]);
     for (i = 0; i < n; i++) {
-        head = *avail_ring(vr, vr->last_avail_idx & (vr->num - 1));
-        if (head >= vr->num) {
-            broke(p, vi, SV3_BROKEN_HEAD);
+        struct tx_chain *c = &ch[i & 1];
+        if (c->rc && c->rc != SV3_BROKEN_SEGS) {
+            broke(p, vi, c->rc);
             break;
         }
-        rc = sv3_walk_chain(p, vr, head, 0, segs, SV3_MAX_SEGS, &nsegs, &total);
-        if (rc && rc != SV3_BROKEN_SEGS) {
-            broke(p, vi, rc);
-            break;
-        }
+        if (i + 1 < n)
+            tx_walk(p, vr, (uint16_t)(vr->last_avail_idx + 1), &ch[(i + 1) & 1]);
         vr->last_avail_idx++;
-        if (rc)
+        if (c->rc)
             p->ctr->drop_oversize++;                 /* legal, but more buffers than we gather */
         else if (vr->enabled)
-            forward_chain(p, segs, nsegs, total);   /* disabled: consume and drop */
-        used_elem(vr, vr->used_idx & (vr->num - 1))->id = head;
+            forward_chain(p, c->segs, c->nsegs, c->total);   /* disabled: consume and drop */
+        used_elem(vr, vr->used_idx & (vr->num - 1))->id = c->head;
         used_elem(vr, vr->used_idx & (vr->num - 1))->len = 0;
         vr->used_idx++;
     }
@@ -173,16 +203,29 @@ static void deliver(struct sv3_port *p, struct sv3_vring *vr, const struct sv3_f
     p->ctr->tx_bytes += f->len;
 }
 
+/* The descriptors of the next guest RX chains, fetched before they are
+ * walked (the guest refilled them from another CPU).  Hints only. */
+static void prefetch_rx_descs(const struct sv3_vring *vr, uint16_t avail)
+{
+    uint16_t k, n = avail < 32 ? avail : 32;
+    for (k = 0; k < n; k++) {
+        uint16_t h = *avail_ring(vr, (uint16_t)(vr->last_avail_idx + k) & (vr->num - 1));
+        if (h < vr->num)
+            __builtin_prefetch((const void *)(uintptr_t)(vr->desc + 16u * h));
+    }
+}
+
 /* Drain one inbound ring into the guest; returns frames handled, and
  * sets p->rx_starved when the guest ran out of buffers. */
 static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_cons *c, uint16_t *avail)
 {
-    static __thread struct sv3_seg segs[RX_MAX_SEGS];
+    static struct sv3_seg segs[RX_MAX_SEGS];   /* one data path per process */
     uint16_t heads[RX_MAX_SEGS];
     uint32_t lens[RX_MAX_SEGS], nsegs;
     const struct sv3_frame *f;
     int done = 0, k;
 
+    prefetch_rx_descs(vr, *avail);
     while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
         k = gather_rx(p, vr, *avail, (uint64_t)p->hdr_len + f->len, segs, &nsegs, heads, lens);
         if (k == -2)
@@ -262,6 +305,43 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
             break;
     }
     return total;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The worker's loop between two visits of Python: breaths while there is
+ * work; once idle, empty breaths for spin_ns (--poll-us), then breaths
+ * separated by sched_yield() for yield_ns, so that a worker sharing the core
+ * runs without an eventfd round trip.  Returns SV3_POLL_IDLE (arm and
+ * sleep; also when a vring broke), SV3_POLL_BUDGET (busy for budget_ns:
+ * look at the control fds) or SV3_POLL_REPORT (MACs to report). */
+int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns)
+{
+    uint64_t start = now_ns(), t, last_work = start;
+
+    for (;;) {
+        int work = sv3_port_run(p, 64);
+        if (p->nlearn)
+            return SV3_POLL_REPORT;
+        if (p->broken)
+            return SV3_POLL_IDLE;
+        t = now_ns();
+        if (work)
+            last_work = t;
+        else if (t - last_work >= spin_ns + yield_ns)
+            return SV3_POLL_IDLE;
+        else if (t - last_work >= spin_ns) {
+            p->ctr->yields++;
+            sched_yield();
+        }
+        if (t - start >= budget_ns)
+            return SV3_POLL_BUDGET;
+    }
 }
 
 /* Before sleeping: ask for kicks and doorbells, then re-check every source

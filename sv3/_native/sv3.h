@@ -116,7 +116,8 @@ struct sv3_counters {
     uint64_t drop_oversize;
     uint64_t drop_broken;       /* frames dropped because the port is broken */
     uint64_t breaths;
-    uint64_t wakeups;
+    uint64_t wakeups;           /* sleeps ended by a kick, doorbell or timeout */
+    uint64_t yields;            /* idle breaths that handed the core over */
     uint64_t learn_reports;
 };
 
@@ -183,6 +184,10 @@ void sv3_fdb_clear_hits(struct sv3_port *p);
 
 /* port.c */
 int sv3_port_run(struct sv3_port *p, uint32_t max_breaths);
+#define SV3_POLL_IDLE 0
+#define SV3_POLL_BUDGET 1
+#define SV3_POLL_REPORT 2
+int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns);
 int sv3_port_arm(struct sv3_port *p);
 void sv3_port_disarm(struct sv3_port *p);
 int sv3_vring_start(struct sv3_port *p, uint32_t i);
