@@ -19,7 +19,7 @@ import time
 
 import posix_ipc
 
-from . import __version__, ipc
+from . import __version__, ipc, port_worker
 from .access import Access
 from ._native import BUILD_MODE, lib
 from .fdb import DEFAULT_AGE, MacTable, fmt_mac
@@ -114,7 +114,7 @@ class Master:
             conn.close()
             return
         try:
-            port = self.ports.add(conn, guest_pid, self.worker_argv)
+            port = self.ports.add(conn, guest_pid, self.run_worker)
         except Exception as e:
             log.error("cannot attach a port for pid %d: %s", guest_pid, e)
             conn.close()
@@ -127,14 +127,15 @@ class Master:
         self.sel.register(port.pidfd, selectors.EVENT_READ, lambda _, p=port: self.remove(p, "worker exited"))
         port.send({"t": "snapshot", "data": snap.encode(self.fdb.gen, self.fdb.view())})
 
-    def worker_argv(self, port, fds):
+    def run_worker(self, port, fds):
+        """In the forked child: become port's worker (sv3.port_worker)."""
         a = self.args
-        return [sys.executable, "-m", "sv3.port_worker",
-                "--conn-fd", str(fds[0]), "--chan-fd", str(fds[1]), "--doorbell-fd", str(fds[2]),
-                "--port-id", str(port.id), "--instance", self.instance,
-                "--guest-pid", str(port.guest_pid), "--batch-size", str(a.batch_size),
-                "--poll-us", str(a.poll_us), "--refresh-s", str(max(1.0, a.fdb_age / 4)),
-                "--log-level", a.log_level]
+        return port_worker.main([
+            "--conn-fd", str(fds[0]), "--chan-fd", str(fds[1]), "--doorbell-fd", str(fds[2]),
+            "--port-id", str(port.id), "--instance", self.instance,
+            "--guest-pid", str(port.guest_pid), "--batch-size", str(a.batch_size),
+            "--poll-us", str(a.poll_us), "--refresh-s", str(max(1.0, a.fdb_age / 4)),
+            "--log-level", a.log_level])
 
     def on_worker(self, port):
         if self.ports.by_id.get(port.id) is not port:

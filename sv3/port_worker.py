@@ -1,6 +1,7 @@
 """Program: serves one guest port (one vhost-user connection).
 
-Started by the master (fork + exec), never by hand.  It speaks vhost-user
+Forked by the master (sv3/ports.py), never started by hand; its process
+name is sv3-port-<id>.  It speaks vhost-user
 on the inherited connection fd, runs the C core's breaths, reports learned
 MACs and state changes to the master, and applies the master's snapshots
 and peer changes between breaths.  Writes: its port's counters block (C
@@ -261,6 +262,16 @@ class PortWorker:
         self.block.close()
 
 
+def set_comm(name):
+    """The name ps, top and pgrep show (a forked worker's command line is
+    the master's); the kernel keeps 15 bytes."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="sv3 port worker (started by sv3.master)")
     ap.add_argument("--conn-fd", type=int, required=True)
@@ -278,8 +289,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, force=True,
                         format="%(asctime)s sv3-port[%(process)d] %(levelname)s %(message)s")
+    set_comm("sv3-port-%d" % args.port_id)
     lib.sv3_set_pdeathsig(signal.SIGTERM)
     # SIGTERM comes from the parent-death signal or supervisord's group kill:
     # leave at once, the kernel releases mappings and fds, the master the shm.

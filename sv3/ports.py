@@ -5,12 +5,15 @@ Owned by the master.  A port's kind (guest today, NIC later) matters only
 to the argv that starts its worker: rings, peers, snapshots and counters
 are the same for every kind, so the forwarding code never knows."""
 import collections
+import gc
 import logging
 import os
 import select
 import signal
 import subprocess
+import sys
 import time
+import traceback
 
 from . import ipc, states
 from ._native import ffi
@@ -23,6 +26,37 @@ log = logging.getLogger("sv3.master")
 COUNTERS = [name for name, _ in ffi.typeof("struct sv3_counters").fields]
 DROP_COUNTERS = [c for c in COUNTERS if c.startswith("drop_")]
 GONE_KEPT = 32           # detached ports whose final counters sv3.ctl still shows
+
+
+class Worker:
+    """A worker forked by the master: the subset of subprocess.Popen that
+    the table uses (poll, wait, kill, returncode < 0 for a signal)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("port worker %d" % self.pid, timeout)
+            time.sleep(0.002)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
 
 
 class Port:
@@ -62,7 +96,10 @@ class PortTable:
         self.gone = collections.deque(maxlen=GONE_KEPT)
         self.next_id = 1
 
-    def add(self, conn, guest_pid, argv_for):
+    def add(self, conn, guest_pid, worker_main):
+        """A new port for conn: its counters block, channel and doorbell,
+        a forked worker running worker_main(port, (conn, chan, doorbell)),
+        and rings to every other port."""
         port = Port(self.next_id, guest_pid)
         self.next_id += 1
         size = -(-ffi.sizeof("struct sv3_counters") // 4096) * 4096
@@ -73,7 +110,7 @@ class PortTable:
             port.chan.setblocking(False)
             port.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             fds = (conn.fileno(), chan_child.fileno(), port.doorbell)
-            port.proc = subprocess.Popen(argv_for(port, fds), pass_fds=fds, stdin=subprocess.DEVNULL)
+            port.proc = Worker(self._fork(lambda: worker_main(port, fds), fds))
             port.pidfd = os.pidfd_open(port.proc.pid)
         except BaseException:
             self._release(port)
@@ -85,6 +122,39 @@ class PortTable:
             self._link(port, peer)
         self.by_id[port.id] = port
         return port
+
+    def _fork(self, run, keep_fds):
+        """Fork a worker.  The child shares the master's imported code
+        (copy on write: a few MiB per worker, started in milliseconds),
+        keeps only stdio and keep_fds, and never returns into master code."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            gc.freeze()              # master objects are never finalized here
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            self._unmap_inherited()
+            _keep_only(keep_fds)
+            code = run()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    def _unmap_inherited(self):
+        """In a new worker: drop the master's mappings of other ports' rings
+        and blocks, so that unlinked segments are freed when the master
+        lets them go."""
+        for seg in self.rings.values():
+            seg.close()
+        for port in self.by_id.values():
+            if port.block is not None:
+                port.block.close()
 
     def _link(self, a, b):
         """Create the two rings between a and b and introduce them."""
@@ -177,3 +247,15 @@ class PortTable:
 
 def ring_drops_of(seg):
     return seg.cast("struct sv3_ring *").drops
+
+
+def _keep_only(fds):
+    """Close every fd but stdio and fds; stdin becomes /dev/null."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    low = 3
+    for fd in sorted(set(fds)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))

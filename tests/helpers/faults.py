@@ -104,26 +104,25 @@ def wait_until(pred, timeout, what, period=0.05):
         time.sleep(period)
 
 
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
 def instance_processes(instance):
-    """Live port workers of one switch instance, found by their command
-    line (--instance <instance>), whoever their parent is now.  `instance`
-    may be a prefix ending at a dot (sv3.<pid>)."""
-    want = instance.encode()
+    """Live port workers of one switch instance, whoever their parent is
+    now: processes named sv3-port-<id> that map a shared-memory segment of
+    the instance (/dev/shm/<instance>.*).  `instance` may be a prefix
+    ending at a dot (sv3.<pid>)."""
+    want = ("/dev/shm/" + instance.rstrip(".") + ".").encode()
     pids = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        argv = _cmdline(int(name))
-        if b"sv3.port_worker" in argv and pid_alive(int(name)) and \
-                any(a == want or a.startswith(want + b".") for a in argv):
+        try:
+            with open("/proc/%s/comm" % name, "rb") as f:
+                if not f.read().startswith(b"sv3-port-"):
+                    continue
+            with open("/proc/%s/maps" % name, "rb") as f:
+                maps = f.read()
+        except OSError:
+            continue
+        if want in maps and pid_alive(int(name)):
             pids.append(int(name))
     return pids
 

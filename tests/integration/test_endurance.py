@@ -9,8 +9,8 @@ does.  Up to WINDOW connections are open at once, so each attach also
 creates rings to live peers and each detach unlinks them.
 
 SV3_ENDURANCE_CYCLES sets the number of cycles (default 1000).  Each port
-is a forked worker process (python -m sv3.port_worker), so the rate is
-bounded by process start-up; the test prints it."""
+is a worker process forked by the master, so the rate is bounded by
+process creation and teardown; the test prints it."""
 import os
 import time
 
