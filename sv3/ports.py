@@ -68,6 +68,7 @@ class Port:
         self.macs_seen = set()
         self.proc = self.chan = self.pidfd = self.block = None
         self.doorbell = -1
+        self.ring_drops_gone = 0     # drop_ring_full of rings from detached ports
 
     def send(self, obj, fds=()):
         """Never blocks the master: a worker that stopped reading its
@@ -177,6 +178,8 @@ class PortTable:
         self.gone.append(final)
         for key in [k for k in self.rings if port.id in k]:
             seg = self.rings.pop(key)
+            if key[1] in self.by_id:     # its drops stay counted on the receiver
+                self.by_id[key[1]].ring_drops_gone += ring_drops_of(seg)
             seg.unlink()
             seg.close()
         self._release(port)
@@ -229,8 +232,8 @@ class PortTable:
 
     def row(self, port, fdb):
         c = port.counters()
-        c["drop_ring_full"] = sum(ring_drops_of(seg) for (_, dst), seg in self.rings.items()
-                                  if dst == port.id)
+        c["drop_ring_full"] = port.ring_drops_gone + sum(
+            ring_drops_of(seg) for (_, dst), seg in self.rings.items() if dst == port.id)
         return {
             "port": port.id, "kind": "guest", "pid": port.guest_pid,
             "worker_pid": port.proc.pid, "state": port.state,

@@ -19,20 +19,55 @@ static void broke(struct sv3_port *p, uint32_t vring, int reason)
     }
 }
 
-static void enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t nsegs,
-                    uint32_t hdr_len, uint32_t flen)
+static uint64_t now_ns(void)
 {
-    struct sv3_frame *f = sv3_ring_reserve(o, flen);
-    if (!f)
-        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether to wait for room in a full ring (backpressure: the frame stays
+ * in the guest's TX vring, as vhost-net does when a tap is full) or to drop.
+ * A ring full for SV3_STALL_NS has a stuck consumer (a guest that stopped
+ * taking frames): drop, counted on it, until it has room again. */
+static int wait_for_room(struct sv3_ring_prod *o)
+{
+    uint64_t now;
+    if (o->stalled)
+        return 0;
+    now = now_ns();
+    if (!o->full_since)
+        o->full_since = now;
+    if (now - o->full_since < SV3_STALL_NS)
+        return 1;
+    o->stalled = 1;
+    return 0;
+}
+
+/* Copy one frame into a ring.  Returns 1 when the caller should keep the
+ * frame and retry later (unicast into a full ring), else 0. */
+static int enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t nsegs,
+                   uint32_t hdr_len, uint32_t flen, int may_wait)
+{
+    struct sv3_frame *f = sv3_ring_fits(o, flen) ? sv3_ring_reserve(o, flen) : NULL;
+    if (!f) {
+        if (may_wait && sv3_ring_fits(o, flen) && wait_for_room(o))
+            return 1;
+        o->ring->drops++;
+        return 0;
+    }
+    o->full_since = 0;
+    o->stalled = 0;
     memset(f, 0, sizeof *f);
     f->len = flen;
     sv3_segs_copy(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen, 0);
     sv3_ring_commit(o, flen);
+    return 0;
 }
 
-/* One guest TX frame (its chain already walked) to its destination(s). */
-static void forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint64_t total)
+/* One guest TX frame (its chain already walked) to its destination(s).
+ * Returns 1 if it must stay in the guest's vring for now (see enqueue). */
+static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint64_t total)
 {
     uint8_t hdr[12 + 14];
     uint32_t hl = p->hdr_len, flen, i;
@@ -40,28 +75,30 @@ static void forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32
 
     if (total < hl + 14) {
         p->ctr->drop_runt++;
-        return;
+        return 0;
     }
     if (total - hl > SV3_MAX_FRAME) {
         p->ctr->drop_oversize++;
-        return;
+        return 0;
     }
     flen = (uint32_t)(total - hl);
     sv3_segs_copy(segs, nsegs, 0, hdr, hl + 14, 0);
     if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || hdr[1] != 0) {
         p->ctr->drop_bad_header++;   /* no CSUM/HOST_TSO offered (yet) */
-        return;
+        return 0;
     }
-    p->ctr->rx_frames++;
-    p->ctr->rx_bytes += flen;
     d = sv3_forward_decision(p, hdr + hl, flen, NULL);
     if (d >= 0) {
-        enqueue(&p->out[d], segs, nsegs, hl, flen);
+        if (enqueue(&p->out[d], segs, nsegs, hl, flen, 1))
+            return 1;
     } else if (d == SV3_FWD_FLOOD) {
         p->ctr->flood_frames++;
         for (i = 0; i < p->npeers; i++)
-            enqueue(&p->out[i], segs, nsegs, hl, flen);
+            enqueue(&p->out[i], segs, nsegs, hl, flen, 0);
     }
+    p->ctr->rx_frames++;
+    p->ctr->rx_bytes += flen;
+    return 0;
 }
 
 /* One guest TX chain, walked one frame ahead of its forwarding so that the
@@ -121,11 +158,11 @@ int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
         }
         if (i + 1 < n)
             tx_walk(p, vr, (uint16_t)(vr->last_avail_idx + 1), &ch[(i + 1) & 1]);
+        if (c->rc == 0 && vr->enabled && forward_chain(p, c->segs, c->nsegs, c->total))
+            break;              /* destination full: the chain stays, retried next breath */
         vr->last_avail_idx++;
         if (c->rc)
             p->ctr->drop_oversize++;                 /* legal, but more buffers than we gather */
-        else if (vr->enabled)
-            forward_chain(p, c->segs, c->nsegs, c->total);   /* disabled: consume and drop */
         used_elem(vr, vr->used_idx & (vr->num - 1))->id = c->head;
         used_elem(vr, vr->used_idx & (vr->num - 1))->len = 0;
         vr->used_idx++;
@@ -305,13 +342,6 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
             break;
     }
     return total;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* The worker's loop between two visits of Python: breaths while there is

@@ -34,6 +34,8 @@ void sv3_ring_prod_attach(struct sv3_ring_prod *p, struct sv3_ring *r, int doorb
     p->doorbell_fd = doorbell_fd;
     p->port_id = port_id;
     p->dirty = 0;
+    p->stalled = 0;
+    p->full_since = 0;
 }
 
 void sv3_ring_cons_attach(struct sv3_ring_cons *c, struct sv3_ring *r)
@@ -53,7 +55,14 @@ static uint64_t ring_free(struct sv3_ring_prod *p, uint64_t need)
     return size - (p->tail - p->head_cache);
 }
 
-/* Room for a frame of len bytes; NULL (and one drop counted) if full. */
+/* Whether a frame of len bytes can ever fit (at most half the ring). */
+int sv3_ring_fits(const struct sv3_ring_prod *p, uint32_t len)
+{
+    return SV3_ALIGN16(sizeof(struct sv3_frame) + len) <= (p->mask + 1) / 2;
+}
+
+/* Room for a frame of len bytes (one that fits); NULL while the ring is
+ * full.  The caller decides whether to wait or to count a drop. */
 struct sv3_frame *sv3_ring_reserve(struct sv3_ring_prod *p, uint32_t len)
 {
     uint64_t need = SV3_ALIGN16(sizeof(struct sv3_frame) + len);
@@ -61,10 +70,8 @@ struct sv3_frame *sv3_ring_reserve(struct sv3_ring_prod *p, uint32_t len)
     uint64_t contig = p->mask + 1 - pos;
     uint64_t total = need <= contig ? need : contig + need;
 
-    if (need > (p->mask + 1) / 2 || ring_free(p, total) < total) {
-        p->ring->drops++;
+    if (ring_free(p, total) < total)
         return NULL;
-    }
     if (need > contig) {
         struct sv3_frame *pad = (struct sv3_frame *)(p->data + pos);
         pad->len = SV3_FRAME_PAD;
@@ -145,9 +152,11 @@ int sv3_ring_enqueue_burst(struct sv3_ring_prod *p, const uint8_t *buf, const ui
 {
     uint32_t i;
     for (i = 0; i < n; i++) {
-        struct sv3_frame *f = sv3_ring_reserve(p, lens[i]);
-        if (!f)
+        struct sv3_frame *f = sv3_ring_fits(p, lens[i]) ? sv3_ring_reserve(p, lens[i]) : NULL;
+        if (!f) {
+            p->ring->drops++;
             break;
+        }
         memset(f, 0, sizeof *f);
         f->len = lens[i];
         memcpy(f + 1, buf, lens[i]);

@@ -20,6 +20,7 @@
 #define SV3_MAX_SEGS 64          /* buffers per guest TX chain / per RX frame */
 #define SV3_RING_MAGIC 0x53563352
 #define SV3_FRAME_PAD 0xffffffff /* record len marking "skip to ring start" */
+#define SV3_STALL_NS 10000000    /* a ring full this long has a stuck consumer */
 
 /* struct sv3_ring - the shared header of one SPSC ring (lives in shm).
  * Line 0 is written only by the producer, line 1 only by the consumer,
@@ -63,6 +64,8 @@ struct sv3_ring_prod {
     int doorbell_fd;        /* consumer's eventfd */
     uint16_t port_id;       /* consumer's port id */
     uint16_t dirty;         /* staged records not yet published */
+    uint32_t stalled;       /* full for SV3_STALL_NS: drop instead of waiting */
+    uint64_t full_since;    /* CLOCK_MONOTONIC ns when it was first seen full, or 0 */
 };
 
 /* A worker's private cursor on one ring it consumes from. */

@@ -13,7 +13,7 @@ from collections import Counter
 from sv3.ctl import query
 
 from .guest import Guest, parse_log
-from .testpmd import MAC0, MAC1, LoopGenerator, _STATS_MARK
+
 from tests.fakes.frontend import Frontend
 
 FD_SLACK = 2          # fds the master may gain over a test without it being a leak
@@ -193,35 +193,6 @@ def check_clean_stop(sw, fd_base, log_must_not=(" ERROR ", "Traceback")):
 
 # --------------------------------------------------------------------------
 # front-ends
-
-class LoopGen(LoopGenerator):
-    """LoopGenerator with its own pair of MACs, so two can share a switch."""
-
-    def __init__(self, paths, macs=(MAC0, MAC1), **kw):
-        self.macs = tuple(m.lower() for m in macs)
-        super().__init__(paths, **kw)
-
-    def _vdev_args(self):
-        out = []
-        for a in super()._vdev_args():
-            m = re.match(r"net_virtio_user(\d),", a)
-            if m:
-                a = re.sub(r"mac=[0-9A-Fa-f:]+", "mac=" + self.macs[int(m.group(1))], a)
-            out.append(a)
-        return out
-
-    def _app_args(self):
-        peer = {"--eth-peer=0,%s" % MAC1: "--eth-peer=0,%s" % self.macs[1],
-                "--eth-peer=1,%s" % MAC0: "--eth-peer=1,%s" % self.macs[0]}
-        return [peer.get(a, a) for a in super()._app_args()]
-
-    def wait_ports_up(self, timeout=30.0):
-        def up(text):
-            upper = text.upper()
-            return ("PORT 0: %s" % self.macs[0].upper() in upper
-                    and "PORT 1: %s" % self.macs[1].upper() in upper and _STATS_MARK in text)
-        return self._wait_for(up, timeout, "waiting for ports up")
-
 
 class RebootableGuest(Guest):
     """A Guest without -no-reboot: `reboot -f` inside resets the machine

@@ -43,6 +43,7 @@ __all__ = [
     "MAC1",
     "TestpmdError",
     "LoopGenerator",
+    "port_macs",
     "RefSwitch",
     "ensure_hugepages",
     "hugepages_total",
@@ -464,12 +465,22 @@ class _Testpmd:
         return False
 
 
-class LoopGenerator(_Testpmd):
-    """Loop-mode generator: two virtio-user ports, mac forwarding, crossed peers.
+def port_macs(pairs: int, first: int = 1) -> list[str]:
+    """MACs for 2 * pairs generator ports: 02:00:00:00:00:01, ...:02, ..."""
+    return [f"02:00:00:00:{(first + i) >> 8:02x}:{(first + i) & 0xff:02x}"
+            for i in range(2 * pairs)]
 
-    ``paths``: one socket path (both ports connect to it: two ports of one
-    switch) or two paths (port 0 to the first, port 1 to the second).
+
+class LoopGenerator(_Testpmd):
+    """Loop-mode generator: pairs of virtio-user ports, mac forwarding,
+    each port's peer is the other port of its pair (0-1, 2-3, ...).
+
+    ``paths``: one socket path (every port connects to it: ports of one
+    switch) or one path per port.  ``macs``: the ports' MACs, an even
+    number (default MAC0, MAC1: one pair; see ``port_macs``).
     ``size`` is the frame length without FCS (``--txpkts``).
+    ``prime_bursts`` bursts of 32 frames per port start the loop (0: the
+    ports come up but send nothing: an idle guest).
     ``hugepages=False`` uses ``--no-huge -m 256`` (no setup, about half the
     rate); ``True`` uses ``--socket-mem 128 --single-file-segments`` and
     needs ``ensure_hugepages()`` first.  ``cpus`` optionally wraps testpmd in
@@ -479,18 +490,22 @@ class LoopGenerator(_Testpmd):
     kind = "gen"
 
     def __init__(self, paths, *, size: int = 64, queues: int = 1,
+                 macs=(MAC0, MAC1),
                  queue_size: int = 256, lcores: str | None = None,
                  hugepages: bool = False, socket_mem: int = 128,
                  no_huge_mem: int = 256, mbufs: int = 16384,
                  prime_bursts: int = 8, cpus: str | None = None,
                  workdir: str | None = None, file_prefix: str | None = None,
                  max_seconds: float = 300, testpmd: str | None = None):
+        self.macs = [m.lower() for m in macs]
+        if not self.macs or len(self.macs) % 2:
+            raise ValueError("LoopGenerator takes an even number of MACs")
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         paths = [os.fspath(p) for p in paths]
-        if len(paths) not in (1, 2):
-            raise ValueError("LoopGenerator takes one or two socket paths")
-        self.paths = paths if len(paths) == 2 else [paths[0], paths[0]]
+        if len(paths) not in (1, len(self.macs)):
+            raise ValueError("LoopGenerator takes one socket path or one per port")
+        self.paths = paths if len(paths) > 1 else paths * len(self.macs)
         self.size = size
         self.queues = queues
         self.queue_size = queue_size
@@ -505,7 +520,7 @@ class LoopGenerator(_Testpmd):
 
     def _vdev_args(self) -> list[str]:
         args = []
-        for i, (path, mac) in enumerate(zip(self.paths, (MAC0, MAC1))):
+        for i, (path, mac) in enumerate(zip(self.paths, self.macs)):
             args += ["--vdev",
                      f"net_virtio_user{i},path={path},queues={self.queues},"
                      f"queue_size={self.queue_size},server=0,mac={mac}"]
@@ -513,9 +528,9 @@ class LoopGenerator(_Testpmd):
 
     def _app_args(self) -> list[str]:
         q = self.queues
+        peers = [f"--eth-peer={i},{self.macs[i ^ 1]}" for i in range(len(self.macs))]
         return [
-            "--forward-mode=mac",
-            f"--eth-peer=0,{MAC1}", f"--eth-peer=1,{MAC0}",
+            "--forward-mode=mac", *peers,
             "--stats-period", "1",
             f"--nb-cores={q}", f"--rxq={q}", f"--txq={q}",
             f"--txd={self.queue_size}", f"--rxd={self.queue_size}",
@@ -526,22 +541,23 @@ class LoopGenerator(_Testpmd):
 
     def _before_start(self) -> None:
         with open(self.cmd_path, "w") as f:
-            f.write(f"start tx_first {self.prime_bursts}\n")
+            f.write(f"start tx_first {self.prime_bursts}\n" if self.prime_bursts
+                    else "show port summary all\n")
 
     def wait_ports_up(self, timeout: float = 30.0) -> float:
-        """Wait until both ports are configured and forwarding has started.
+        """Wait until every port is configured and forwarding has started.
 
         That means the vhost-user handshake with the switch finished for
-        both ports (virtio-user does it while the port is set up) and the
+        every port (virtio-user does it while the port is set up) and the
         first statistics block was printed.  Returns the seconds waited;
         raises TestpmdError (with the log tail) if testpmd exits or the
         timeout passes.
         """
+        want = [f"PORT {i}: {mac.upper()}" for i, mac in enumerate(self.macs)]
+
         def up(text: str) -> bool:
             upper = text.upper()
-            return (f"PORT 0: {MAC0.upper()}" in upper
-                    and f"PORT 1: {MAC1.upper()}" in upper
-                    and _STATS_MARK in text)
+            return all(w in upper for w in want) and _STATS_MARK in text
         return self._wait_for(up, timeout, "waiting for ports up")
 
     def rates(self, warmup: float = 3, seconds: int = 10,
@@ -555,11 +571,11 @@ class LoopGenerator(_Testpmd):
         """
         time.sleep(warmup)
         self._check_alive("measuring rates")
-        skip = len(parse_rates(self.log_text()))
+        skip = len(parse_rates(self.log_text(), len(self.macs)))
         budget = seconds + 15 if timeout is None else timeout
         deadline = time.monotonic() + budget
         while True:
-            got = parse_rates(self.log_text())[skip:]
+            got = parse_rates(self.log_text(), len(self.macs))[skip:]
             if len(got) >= seconds:
                 return got[:seconds]
             self._check_alive("measuring rates")

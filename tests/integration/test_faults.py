@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.helpers.faults import (FD_SLACK, HandshakeClient, LoopGen, RebootableGuest,
+from tests.helpers.faults import (FD_SLACK, HandshakeClient, RebootableGuest,
                                   broadcast_frame, check_clean_stop, console, fd_count, fd_kinds,
                                   fdb, full_instance, instance_processes, pid_alive, port_of_mac,
                                   port_residue, ports, replies, segments_of_port, shm_segments,
@@ -27,7 +27,7 @@ from tests.helpers.faults import (FD_SLACK, HandshakeClient, LoopGen, Rebootable
                                   wait_until)
 from tests.helpers.guest import Guest, ensure_guest_image, ensure_qemu, ping_cmd
 from tests.helpers.switch import ROOT, Switch
-from tests.helpers.testpmd import MAC0, MAC1, find_testpmd
+from tests.helpers.testpmd import MAC0, MAC1, LoopGenerator, find_testpmd
 
 MAC = ["52:54:00:55:00:%02x" % i for i in range(1, 5)]
 IP = ["10.55.0.%d" % i for i in range(1, 5)]
@@ -121,7 +121,7 @@ def sigterm_master(sw, timeout):
 @pytest.mark.dpdk
 def test_frontend_sigkill_mid_transfer_detaches_and_flushes_others_keep_forwarding(sw):
     find_testpmd()
-    victim, other = LoopGen(sw.socket), LoopGen(sw.socket, macs=GEN2_MACS)
+    victim, other = LoopGenerator(sw.socket), LoopGenerator(sw.socket, macs=GEN2_MACS)
     with victim, other:
         victim.wait_ports_up(60)
         other.wait_ports_up(60)
@@ -283,7 +283,7 @@ def test_worker_sigkill_port_removed_others_forward_guest_reconnects(sw, guest_t
 @pytest.mark.dpdk
 def test_master_sigkill_under_traffic_no_orphan_next_master_cleans_up(sw):
     find_testpmd()
-    with LoopGen(sw.socket) as gen:
+    with LoopGenerator(sw.socket) as gen:
         gen.wait_ports_up(60)
         rows, _ = wait_until(active_ports(sw.socket, 2, (MAC0, MAC1)), 30, "2 active ports")
         workers = sorted(r["worker_pid"] for r in rows)
@@ -313,7 +313,7 @@ def test_master_sigkill_under_traffic_no_orphan_next_master_cleans_up(sw):
         print("master SIGKILL under traffic: workers gone %.2f s later; %d segments left behind, "
               "%s by the next master" % (gone_s, len(left), "removed" if not after else "NOT removed"))
         assert after == [] and m and int(m.group(1)) >= len(segs), (after, log)
-        with LoopGen(nxt.socket) as gen:                # and the new master forwards
+        with LoopGenerator(nxt.socket) as gen:                # and the new master forwards
             gen.wait_ports_up(60)
             assert min(gen.rates(warmup=0.5, seconds=2)) > 0.01
             gen.stop()
@@ -434,7 +434,7 @@ def test_master_sigkill_under_supervisord_guests_reconnect(guest_tools):
 def test_sigterm_during_full_rate_traffic_stops_cleanly(sw):
     find_testpmd()
     # first a loop that comes and goes: the master is back to its fds
-    with LoopGen(sw.socket) as gen:
+    with LoopGenerator(sw.socket) as gen:
         gen.wait_ports_up(60)
         wait_until(active_ports(sw.socket, 2, (MAC0, MAC1)), 30, "2 active ports")
         assert min(gen.rates(warmup=0.5, seconds=2)) > 0.01
@@ -443,7 +443,7 @@ def test_sigterm_during_full_rate_traffic_stops_cleanly(sw):
     fds, residue = fd_count(sw.proc.pid), port_residue(sw.proc.pid, sw.instance)
     assert fds <= sw.fd_base + FD_SLACK and not residue, (sw.fd_base, fd_kinds(sw.proc.pid), residue)
     # then SIGTERM while a loop runs at full rate
-    with LoopGen(sw.socket) as gen:
+    with LoopGenerator(sw.socket) as gen:
         gen.wait_ports_up(60)
         rows, _ = wait_until(active_ports(sw.socket, 2, (MAC0, MAC1)), 30, "2 active ports")
         workers = [r["worker_pid"] for r in rows]
@@ -469,7 +469,7 @@ def test_sigterm_during_full_rate_traffic_stops_cleanly(sw):
 @pytest.mark.switch_args("--fdb-age", "4")     # workers re-report their MACs every second
 def test_stopped_master_does_not_stop_forwarding(sw):
     find_testpmd()
-    with LoopGen(sw.socket) as gen:
+    with LoopGenerator(sw.socket) as gen:
         gen.wait_ports_up(60)
         wait_until(active_ports(sw.socket, 2, (MAC0, MAC1)), 30, "2 active ports")
         before = gen.rates(warmup=0.5, seconds=2)
