@@ -40,7 +40,7 @@ BROKEN_REASONS = {
     8: "descriptor chain has too many buffers",
     9: "receive chain without any room",
 }
-CONTROL_CHECK_NS = 2_000_000   # a busy worker looks at its control fds every 2 ms
+CONTROL_CHECK_NS = 2_000_000   # a busy worker's C loop polls its control fds every 2 ms
 MESSAGE_TIMEOUT_S = 5.0  # longest wait for the rest of a started vhost-user message
 # After the last frame, breaths separated by sched_yield() for this long
 # before arming and sleeping: a peer worker on the same core runs without an
@@ -82,6 +82,7 @@ class PortWorker:
         self.broken_reported = False
         self.learn_sent_at = 0.0
         self.running = True
+        self.poller, self.watched = None, None
         self.next_refresh = time.monotonic() + args.refresh_s
 
     # -- messages from the master -----------------------------------------
@@ -186,11 +187,17 @@ class PortWorker:
 
     # -- the loop -----------------------------------------------------------
     def watch_fds(self):
+        """A poll object for the control fds and kick fds, rebuilt only
+        when the kick fds changed (a busy worker looks every 2 ms)."""
         fds = [self.conn.fileno(), self.chan.fileno(), self.doorbell] + self.backend.kick_fds()
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        return poller
+        if fds != self.watched:
+            self.poller = select.poll()
+            for i, fd in enumerate(fds):
+                self.poller.register(fd, select.POLLIN)
+                self.port.watch_fds[i] = fd
+            self.port.nwatch = len(fds)
+            self.watched = fds
+        return self.poller
 
     def on_vhost(self):
         msg = recv_message(self.conn)
@@ -232,10 +239,11 @@ class PortWorker:
     def run(self):
         spin_ns = self.args.poll_us * 1000
         while self.running:
+            self.watch_fds()
             why = lib.sv3_port_poll(self.port, CONTROL_CHECK_NS, spin_ns, YIELD_NS)
             if why == lib.SV3_POLL_REPORT:
                 self.report()
-            elif why == lib.SV3_POLL_BUDGET:
+            elif why == lib.SV3_POLL_CONTROL:
                 self.dispatch(self.watch_fds().poll(0))
             else:
                 self.sleep()

@@ -118,21 +118,22 @@ class Bench:
         res.update(sv3_ports=ports, attach_ms=took)
         return self._with_memory(res, mem, 2 * pairs)
 
-    def loop_ref(self, size, run):
-        tag = f"ref_{size}_{run}"
-        socks = [os.path.join(self.workdir, f"ref-{size}-{run}-{i}.sock") for i in (0, 1)]
+    def loop_ref(self, size, run, pairs=1):
+        tag = f"ref_{size}_{pairs}_{run}"
+        socks = [os.path.join(self.workdir, f"ref-{size}-{pairs}-{run}-{i}.sock")
+                 for i in range(2 * pairs)]
         ref = self.tp.RefSwitch(
-            socks, hugepages=self.a.hugepages,
+            socks, hugepages=self.a.hugepages, mbufs=max(32768, 2048 * pairs),
             lcores=f"(0-1)@({self.a.switch_cpu})", cpus=str(self.a.switch_cpu),
             workdir=self.workdir, file_prefix=f"bench_ref_{os.getpid()}_{tag}",
             max_seconds=self.budget)
         self.live.append(ref)
         with ref:
-            gen = self._generator(socks, size, tag)
+            gen = self._generator(socks, size, tag, pairs)
             with gen:
                 rates, cpu, gen_cpu = self._measure(gen, lambda: [ref.pid] if ref.pid else [])
                 totals = gen.stop()
-        return self._result(rates, cpu, gen_cpu, totals, size, 2)
+        return self._result(rates, cpu, gen_cpu, totals, size, 2 * pairs)
 
     def idle(self, nports, run):
         """nports attached ports that send nothing: the switch's CPU use."""

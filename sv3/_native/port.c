@@ -5,6 +5,7 @@
  * Copy budget: guest TX buffer -> ring record (1 copy per destination),
  * ring record -> guest RX buffer (1 copy).  Source frames are read-only.
  */
+#include <poll.h>
 #include <sched.h>
 #include <time.h>
 #include "vring.h"
@@ -254,7 +255,8 @@ static void prefetch_rx_descs(const struct sv3_vring *vr, uint16_t avail)
 
 /* Drain one inbound ring into the guest; returns frames handled, and
  * sets p->rx_starved when the guest ran out of buffers. */
-static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_cons *c, uint16_t *avail)
+static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_cons *c, uint16_t *avail,
+                   int *warm)
 {
     static struct sv3_seg segs[RX_MAX_SEGS];   /* one data path per process */
     uint16_t heads[RX_MAX_SEGS];
@@ -262,8 +264,11 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     const struct sv3_frame *f;
     int done = 0, k;
 
-    prefetch_rx_descs(vr, *avail);
     while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
+        if (!*warm) {               /* once per breath, when there is a frame */
+            prefetch_rx_descs(vr, *avail);
+            *warm = 1;
+        }
         k = gather_rx(p, vr, *avail, (uint64_t)p->hdr_len + f->len, segs, &nsegs, heads, lens);
         if (k == -2)
             break;
@@ -309,7 +314,7 @@ int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
 {
     uint32_t i, vi = (uint32_t)(vr - p->vr);
     uint16_t avail;
-    int done = 0, rc;
+    int done = 0, rc, warm = 0;
 
     p->rx_starved = 0;
     if (!vr->started || !vr->enabled || p->broken)
@@ -320,7 +325,7 @@ int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
         return 0;
     }
     for (i = 0; i < p->nin && !p->broken && !p->rx_starved; i++)
-        done += rx_ring(p, vr, &p->inb[i], &avail);
+        done += rx_ring(p, vr, &p->inb[i], &avail, &warm);
     if (done) {
         sv3_store_release16(used_idx(vr), vr->used_idx);
         sv3_vring_signal(p, vr);
@@ -344,15 +349,33 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
     return total;
 }
 
+static int control_ready(const struct sv3_port *p)
+{
+    struct pollfd pfd[SV3_MAX_WATCH];
+    uint32_t i, n = p->nwatch < SV3_MAX_WATCH ? p->nwatch : SV3_MAX_WATCH;
+
+    for (i = 0; i < n; i++) {
+        pfd[i].fd = p->watch_fds[i];
+        pfd[i].events = POLLIN;
+        pfd[i].revents = 0;
+    }
+    return poll(pfd, n, 0) != 0;     /* ready, or an error Python should see */
+}
+
 /* The worker's loop between two visits of Python: breaths while there is
  * work; once idle, empty breaths for spin_ns (--poll-us), then breaths
  * separated by sched_yield() for yield_ns, so that a worker sharing the core
- * runs without an eventfd round trip.  Returns SV3_POLL_IDLE (arm and
- * sleep; also when a vring broke), SV3_POLL_BUDGET (busy for budget_ns:
- * look at the control fds) or SV3_POLL_REPORT (MACs to report). */
+ * runs without an eventfd round trip.  The yield phase lasts at least
+ * SV3_YIELDS_MIN yields: with many busy workers on the core one yield can
+ * outlast yield_ns, and sleeping then costs more than another turn.
+ * Returns SV3_POLL_IDLE (arm and
+ * sleep; also when a vring broke), SV3_POLL_CONTROL (a control fd is
+ * readable; they are looked at every budget_ns while busy, one poll()
+ * call, without Python) or SV3_POLL_REPORT (MACs to report). */
 int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns)
 {
     uint64_t start = now_ns(), t, last_work = start;
+    uint32_t yields = 0;
 
     for (;;) {
         int work = sv3_port_run(p, 64);
@@ -361,16 +384,21 @@ int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint
         if (p->broken)
             return SV3_POLL_IDLE;
         t = now_ns();
-        if (work)
+        if (work) {
             last_work = t;
-        else if (t - last_work >= spin_ns + yield_ns)
+            yields = 0;
+        } else if (t - last_work >= spin_ns + yield_ns && yields >= SV3_YIELDS_MIN) {
             return SV3_POLL_IDLE;
-        else if (t - last_work >= spin_ns) {
+        } else if (t - last_work >= spin_ns) {
             p->ctr->yields++;
+            yields++;
             sched_yield();
         }
-        if (t - start >= budget_ns)
-            return SV3_POLL_BUDGET;
+        if (t - start >= budget_ns) {
+            if (control_ready(p))
+                return SV3_POLL_CONTROL;
+            start = t;
+        }
     }
 }
 

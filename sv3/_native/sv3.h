@@ -16,6 +16,7 @@
 #define SV3_MAX_PEERS 64         /* other ports one worker can reach */
 #define SV3_MAX_BATCH 256        /* chains or frames per source per breath */
 #define SV3_LEARN_MAX 16         /* MAC reports collected per run call */
+#define SV3_MAX_WATCH 8          /* control fds sv3_port_poll() looks at */
 #define SV3_MAX_FRAME 65550      /* 64 KiB GSO frame plus an Ethernet header */
 #define SV3_MAX_SEGS 64          /* buffers per guest TX chain / per RX frame */
 #define SV3_RING_MAGIC 0x53563352
@@ -169,6 +170,8 @@ struct sv3_port {
     uint64_t learn[SV3_LEARN_MAX];
     uint64_t last_src;
     struct sv3_counters *ctr;
+    uint32_t nwatch;
+    int watch_fds[SV3_MAX_WATCH];   /* control fds (vhost-user, master, doorbell, kicks) */
 };
 
 /* ring.c */
@@ -188,8 +191,9 @@ void sv3_fdb_clear_hits(struct sv3_port *p);
 /* port.c */
 int sv3_port_run(struct sv3_port *p, uint32_t max_breaths);
 #define SV3_POLL_IDLE 0
-#define SV3_POLL_BUDGET 1
+#define SV3_POLL_CONTROL 1
 #define SV3_POLL_REPORT 2
+#define SV3_YIELDS_MIN 16        /* turns handed over before a worker may sleep */
 int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns);
 int sv3_port_arm(struct sv3_port *p);
 void sv3_port_disarm(struct sv3_port *p);

@@ -587,10 +587,11 @@ class LoopGenerator(_Testpmd):
 
 
 class RefSwitch(_Testpmd):
-    """Reference backend: two listening net_vhost ports with io forwarding.
+    """Reference backend: listening net_vhost ports with io forwarding.
 
-    Port 0 listens on ``paths[0]``, port 1 on ``paths[1]``; io forwarding
-    passes everything from one to the other, MACs untouched.  Defaults to
+    Port i listens on ``paths[i]`` (an even number of distinct paths); io
+    forwarding passes everything from port 0 to 1 and back, 2 to 3 and
+    back, and so on, MACs untouched.  Defaults to
     ``--no-huge -m 512``; ``hugepages=True`` uses ``--socket-mem 256``.
     The socket paths must not exist yet; stop() removes them if testpmd
     left them behind.
@@ -605,8 +606,8 @@ class RefSwitch(_Testpmd):
                  file_prefix: str | None = None, max_seconds: float = 300,
                  testpmd: str | None = None):
         paths = [os.fspath(p) for p in paths]
-        if len(paths) != 2 or paths[0] == paths[1]:
-            raise ValueError("RefSwitch takes two distinct socket paths")
+        if len(paths) < 2 or len(paths) % 2 or len(set(paths)) != len(paths):
+            raise ValueError("RefSwitch takes an even number of distinct socket paths")
         self.paths = paths
         self.queues = queues
         self.mbufs = mbufs
@@ -639,9 +640,9 @@ class RefSwitch(_Testpmd):
         self._created = list(self.paths)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
-        """Wait until both sockets are listening.  Returns seconds waited."""
+        """Wait until every socket is listening.  Returns seconds waited."""
         def ready(text: str) -> bool:
-            return (text.count("binding succeeded") >= 2
+            return (text.count("binding succeeded") >= len(self.paths)
                     and all(_is_socket(p) for p in self.paths))
         return self._wait_for(ready, timeout, "waiting for the sockets")
 
