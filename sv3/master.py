@@ -30,6 +30,7 @@ from .shm import snapshot as snap
 log = logging.getLogger("sv3.master")
 PUBLISH_GAP_S = 0.01     # at most one snapshot per 10 ms
 MAX_PORTS = lib.SV3_MAX_PEERS + 1   # every port has a ring to every other
+CONTROL_NICE = -5        # the master and handshaking workers, relative to busy workers
 
 
 class Master:
@@ -135,7 +136,7 @@ class Master:
             "--port-id", str(port.id), "--instance", self.instance,
             "--guest-pid", str(port.guest_pid), "--batch-size", str(a.batch_size),
             "--poll-us", str(a.poll_us), "--refresh-s", str(max(1.0, a.fdb_age / 4)),
-            "--log-level", a.log_level])
+            "--data-nice", str(a.data_nice), "--log-level", a.log_level])
 
     def on_worker(self, port):
         if self.ports.by_id.get(port.id) is not port:
@@ -329,10 +330,24 @@ def _ring_kib(s):
     return v
 
 
+def control_first(data_nice):
+    """Run the master (and each new worker until its port is active) at
+    CONTROL_NICE below the data path, so that attaching a port or applying
+    a snapshot does not wait for every busy worker's time slice.  Needs
+    root (CAP_SYS_NICE); without it everything runs at one priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(-20, data_nice + CONTROL_NICE))
+    except PermissionError:
+        log.info("control path and data path share one priority (raising it needs CAP_SYS_NICE): "
+                 "ports attach more slowly while others are busy")
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s sv3-master[%(process)d] %(levelname)s %(message)s")
+    args.data_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    control_first(args.data_nice)
     m = Master(args)
 
     def on_signal(signum, _):

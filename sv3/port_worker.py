@@ -177,6 +177,8 @@ class PortWorker:
         else:
             st = states.NEGOTIATING
         if st != self.state:
+            if st == states.ACTIVE:
+                self.become_data_path()
             reason = BROKEN_REASONS.get(p.broken, "") if p.broken else ""
             try:
                 ipc.send(self.chan, {"t": "state", "state": st, "reason": reason,
@@ -184,6 +186,12 @@ class PortWorker:
                 self.state = st
             except BlockingIOError:
                 pass                # the master is behind: retried at the next report
+
+    def become_data_path(self):
+        """The handshake ran at the master's (control) priority; frames
+        run at the switch's own priority (sv3/master.py control_first)."""
+        if os.getpriority(os.PRIO_PROCESS, 0) < self.args.data_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, self.args.data_nice)
 
     # -- the loop -----------------------------------------------------------
     def watch_fds(self):
@@ -200,9 +208,14 @@ class PortWorker:
         return self.poller
 
     def on_vhost(self):
-        msg = recv_message(self.conn)
-        log.debug("%s: %s", self.name, msg.name)
-        self.backend.handle(msg)
+        """Every message the front-end has sent so far (a handshake comes
+        as a burst; one scheduling round per message would be slow)."""
+        for _ in range(64):
+            msg = recv_message(self.conn)
+            log.debug("%s: %s", self.name, msg.name)
+            self.backend.handle(msg)
+            if not select.select([self.conn], [], [], 0)[0]:
+                break
 
     def dispatch(self, events):
         """Handle what poll() reported.  The vhost socket comes first and its
@@ -290,6 +303,7 @@ def parse_args(argv):
     ap.add_argument("--guest-pid", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--poll-us", type=int, default=0)
+    ap.add_argument("--data-nice", type=int, default=0)
     ap.add_argument("--refresh-s", type=float, default=75.0)
     ap.add_argument("--log-level", default="info")
     return ap.parse_args(argv)

@@ -139,23 +139,12 @@ class PortTable:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            self._unmap_inherited()
             _keep_only(keep_fds)
             code = run()
         except BaseException:
             traceback.print_exc()
         finally:
             os._exit(code)
-
-    def _unmap_inherited(self):
-        """In a new worker: drop the master's mappings of other ports' rings
-        and blocks, so that unlinked segments are freed when the master
-        lets them go."""
-        for seg in self.rings.values():
-            seg.close()
-        for port in self.by_id.values():
-            if port.block is not None:
-                port.block.close()
 
     def _link(self, a, b):
         """Create the two rings between a and b and introduce them."""

@@ -88,14 +88,30 @@ class Bench:
 
     def attach_ms(self, sock, times=5):
         """Median time for one more port to attach: connect, the whole
-        QEMU-style handshake, until every vring has started."""
+        QEMU-style handshake, until every vring has started.  The probe
+        (this process) runs on the generator CPU at nice -5 when allowed,
+        so that its own wake-ups behind the busy-polling generator are not
+        counted as the switch's."""
         took = []
-        for _ in range(times):
-            t = time.monotonic()
-            fe = self.frontend_cls(sock).attach()
-            took.append((time.monotonic() - t) * 1000)
-            fe.close()
-            time.sleep(0.2)
+        mine, nice = os.sched_getaffinity(0), os.getpriority(os.PRIO_PROCESS, 0)
+        os.sched_setaffinity(0, {self.a.gen_cpu})
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice - 5)
+        except PermissionError:
+            log("attach probe: cannot raise its priority; its own wake-ups are counted")
+        try:
+            for _ in range(times):
+                t = time.monotonic()
+                fe = self.frontend_cls(sock).attach()
+                took.append((time.monotonic() - t) * 1000)
+                fe.close()
+                time.sleep(0.2)
+        finally:
+            os.sched_setaffinity(0, mine)
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+            except PermissionError:
+                pass
         return statistics.median(took)
 
     # -- scenarios ------------------------------------------------------------

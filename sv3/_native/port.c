@@ -387,8 +387,9 @@ int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint
         if (work) {
             last_work = t;
             yields = 0;
-        } else if (t - last_work >= spin_ns + yield_ns && yields >= SV3_YIELDS_MIN) {
-            return SV3_POLL_IDLE;
+        } else if ((t - last_work >= spin_ns + yield_ns && yields >= SV3_YIELDS_MIN) ||
+                   !(p->vr[0].started || p->vr[1].started)) {
+            return SV3_POLL_IDLE;         /* nothing to wait for: a handshake goes on at once */
         } else if (t - last_work >= spin_ns) {
             p->ctr->yields++;
             yields++;
@@ -410,11 +411,16 @@ int sv3_port_arm(struct sv3_port *p)
     uint16_t n;
     uint32_t i;
 
-    if (p->broken)
-        return 0;
-    if (!p->rx_starved)
+    if (!p->rx_starved || p->broken)   /* broken: frames still come, to be discarded */
         for (i = 0; i < p->nin; i++)
             __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
+    if (p->broken) {
+        sv3_fence();
+        for (i = 0; i < p->nin; i++)
+            if (!sv3_ring_empty(&p->inb[i]))
+                return 1;
+        return 0;
+    }
     sv3_vring_set_kicks(p, tx, 1);
     if (p->rx_starved)
         sv3_vring_set_kicks(p, rx, 1);

@@ -1,6 +1,8 @@
 """One POSIX shared-memory segment mapped into this process, exposed to the
 C core as a pointer.  The master creates (O_CREAT|O_EXCL, mode 0600) and
-unlinks; workers only open and map."""
+unlinks; workers only open and map.  The master's mappings are not
+inherited by the workers it forks (MADV_DONTFORK): a worker maps only
+its own block and the rings of its peers."""
 import mmap
 
 import posix_ipc
@@ -18,6 +20,8 @@ class Segment:
             self.map = mmap.mmap(shm.fd, self.size)
         finally:
             shm.close_fd()
+        if create:       # the master's view: workers it forks do not inherit it
+            self.map.madvise(mmap.MADV_DONTFORK)
         self.buf = ffi.from_buffer(self.map)
 
     def cast(self, ctype):
