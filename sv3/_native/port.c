@@ -30,7 +30,8 @@ static uint64_t now_ns(void)
 /* Whether to wait for room in a full ring (backpressure: the frame stays
  * in the guest's TX vring, as vhost-net does when a tap is full) or to drop.
  * A ring full for SV3_STALL_NS has a stuck consumer (a guest that stopped
- * taking frames): drop, counted on it, until it has room again. */
+ * taking frames): drop, counted on it, without waiting, until it has
+ * drained to half full (a slow receiver must not hold its senders up). */
 static int wait_for_room(struct sv3_ring_prod *o)
 {
     uint64_t now;
@@ -57,8 +58,9 @@ static int enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t
         o->ring->drops++;
         return 0;
     }
+    if (o->stalled && sv3_ring_room(o) > (o->mask + 1) / 2)
+        o->stalled = 0;             /* it drains again: worth waiting for next time */
     o->full_since = 0;
-    o->stalled = 0;
     memset(f, 0, sizeof *f);
     f->len = flen;
     sv3_segs_copy(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen, 0);

@@ -55,6 +55,13 @@ static uint64_t ring_free(struct sv3_ring_prod *p, uint64_t need)
     return size - (p->tail - p->head_cache);
 }
 
+/* Free bytes, looking at the consumer's head now. */
+uint64_t sv3_ring_room(struct sv3_ring_prod *p)
+{
+    p->head_cache = sv3_load_acquire64(&p->ring->head);
+    return p->mask + 1 - (p->tail - p->head_cache);
+}
+
 /* Whether a frame of len bytes can ever fit (at most half the ring). */
 int sv3_ring_fits(const struct sv3_ring_prod *p, uint32_t len)
 {

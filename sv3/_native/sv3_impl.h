@@ -33,6 +33,7 @@ static inline uint64_t sv3_mac48(const uint8_t *m)
 
 /* ring.c internals used by port.c */
 int sv3_ring_fits(const struct sv3_ring_prod *p, uint32_t len);
+uint64_t sv3_ring_room(struct sv3_ring_prod *p);
 struct sv3_frame *sv3_ring_reserve(struct sv3_ring_prod *p, uint32_t len);
 void sv3_ring_commit(struct sv3_ring_prod *p, uint32_t len);
 const struct sv3_frame *sv3_ring_peek(struct sv3_ring_cons *c);

@@ -355,3 +355,44 @@ def test_kick_suppression_follows_arm():
     assert s.b.arm() == 0 and s.btx.avail_event == 1 and s.btx.used_flags == 0
     s.btx.add_tx(frame(100, dst=MAC_A))
     assert s.b.arm() == 1                          # a chain that raced the arming
+
+
+# -- a full ring: backpressure, then drops once the receiver looks stuck ------
+
+def _knows_b(s):
+    """A's MAC table sends MAC_B to port 2 (unicast, not flood)."""
+    from sv3.shm import snapshot
+    tab, mask = snapshot.build_table(struct.pack("<6sH", MAC_B, 2))
+    s.a.p.fdb, s.a.p.fdb_mask, s.a.tab = tab, mask, tab
+
+
+def test_full_ring_holds_the_sender_then_drops_after_the_stall_time():
+    s = pair()
+    _knows_b(s)
+    frames = [frame(1500, k) for k in range(200)]   # 1536-byte records: ~170 fill 256 KiB
+    for f in frames:
+        s.atx.add_tx(f)
+    s.a.run(64)
+    taken = s.atx.used()
+    ring = s.a.p.out[0]
+    assert 150 < len(taken) < 200, len(taken)       # the rest waits in A's TX vring
+    assert ring.ring.drops == 0 and s.a.ctr.rx_frames == len(taken)
+    assert ring.full_since != 0 and ring.stalled == 0
+    # The receiver takes frames again: what waited goes through, in order.
+    s.brx.add_rx([2048] * 256)
+    for _ in range(8):
+        xfer(s, 64)
+    got = [data for _, data, _ in recv(s.brx)]
+    assert got == frames and ring.ring.drops == 0 and ring.full_since == 0
+    # A receiver that takes nothing for SV3_STALL_NS: the sender stops waiting.
+    s.atx.used()
+    more = [frame(1500, k) for k in range(200, 400)]
+    for f in more:
+        s.atx.add_tx(f)
+    s.a.run(64)
+    waiting = 200 - len(s.atx.used())
+    assert waiting > 0 and ring.ring.drops == 0
+    ring.full_since -= lib.SV3_STALL_NS               # as if 10 ms had passed
+    s.a.run(64)
+    assert len(s.atx.used()) == waiting and ring.ring.drops == waiting
+    assert ring.stalled == 1
