@@ -271,7 +271,9 @@ def parse_args(argv=None):
                     "Listens on a unix socket; every vhost-user connection (a QEMU "
                     "virtio-net device or a DPDK virtio-user port) becomes a switch port "
                     "served by its own worker process. Inspect it with python -m sv3.ctl.",
-        epilog="QEMU: -chardev socket,id=c0,path=/tmp/sv3,reconnect=1 -netdev "
+        epilog="Run as root, the master and new ports' handshakes get priority over the "
+               "data path (nice -5). "
+               "QEMU: -chardev socket,id=c0,path=/tmp/sv3,reconnect=1 -netdev "
                "vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0 (guest RAM must "
                "be a shared memory backend; see contrib/qemu/README.md).")
     ap.add_argument("--socket", default="/tmp/sv3",
@@ -288,13 +290,16 @@ def parse_args(argv=None):
                     help="MAC addresses one port may own in the table; more are flooded, "
                          "not learned (default %(default)s)")
     ap.add_argument("--poll-us", type=_nonneg_int, default=0, metavar="N",
-                    help="busy-poll N microseconds after the last frame before a worker sleeps "
-                         "(default 0: event driven, ~0%% CPU when idle)")
+                    help="spin N microseconds after the last frame before a worker starts "
+                         "yielding the CPU, then sleeping (default 0). Helps only when every "
+                         "worker has a CPU of its own; see docs/performance.md")
     ap.add_argument("--batch-size", type=_positive(int), default=32, metavar="N",
                     help="frames taken from one source per breath (default %(default)s, max 256)")
     ap.add_argument("--ring-kib", type=_ring_kib, default=1024, metavar="KIB",
                     help="bytes of each inter-port shm ring in KiB, a power of two >= 128 "
-                         "(default %(default)s)")
+                         "(default %(default)s); a sender waits while its ring is full, so a "
+                         "smaller ring costs rate, not frames. Memory is used as traffic "
+                         "touches it")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
     if args.group:
