@@ -295,7 +295,7 @@ def parse_args(argv=None):
                          "worker has a CPU of its own; see docs/performance.md")
     ap.add_argument("--batch-size", type=_positive(int), default=32, metavar="N",
                     help="frames taken from one source per breath (default %(default)s, max 256)")
-    ap.add_argument("--ring-kib", type=_ring_kib, default=1024, metavar="KIB",
+    ap.add_argument("--ring-kib", type=_ring_kib, default=512, metavar="KIB",
                     help="bytes of each inter-port shm ring in KiB, a power of two >= 128 "
                          "(default %(default)s); a sender waits while its ring is full, so a "
                          "smaller ring costs rate, not frames. Memory is used as traffic "

@@ -257,7 +257,10 @@ class PortWorker:
             if why == lib.SV3_POLL_REPORT:
                 self.report()
             elif why == lib.SV3_POLL_CONTROL:
-                self.dispatch(self.watch_fds().poll(0))
+                events = self.watch_fds().poll(0)
+                if events:
+                    self.dispatch(events)
+                self.housekeeping(time.monotonic())
             else:
                 self.sleep()
 

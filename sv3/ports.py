@@ -2,8 +2,8 @@
 counter blocks and the full mesh of SPSC rings between them.
 
 Owned by the master.  A port's kind (guest today, NIC later) matters only
-to the argv that starts its worker: rings, peers, snapshots and counters
-are the same for every kind, so the forwarding code never knows."""
+to the function its forked worker runs: rings, peers, snapshots and
+counters are the same for every kind, so the forwarding code never knows."""
 import collections
 import gc
 import logging

@@ -373,11 +373,12 @@ static int control_ready(const struct sv3_port *p)
  * Returns SV3_POLL_IDLE (arm and
  * sleep; also when a vring broke), SV3_POLL_CONTROL (a control fd is
  * readable; they are looked at every budget_ns while busy, one poll()
- * call, without Python) or SV3_POLL_REPORT (MACs to report). */
+ * call, without Python; also after SV3_CHECKS_PER_VISIT looks, so that
+ * Python's housekeeping runs) or SV3_POLL_REPORT (MACs to report). */
 int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns)
 {
     uint64_t start = now_ns(), t, last_work = start;
-    uint32_t yields = 0;
+    uint32_t yields = 0, checks = 0;
 
     for (;;) {
         int work = sv3_port_run(p, 64);
@@ -398,7 +399,7 @@ int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint
             sched_yield();
         }
         if (t - start >= budget_ns) {
-            if (control_ready(p))
+            if (control_ready(p) || ++checks >= SV3_CHECKS_PER_VISIT)
                 return SV3_POLL_CONTROL;
             start = t;
         }

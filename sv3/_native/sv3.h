@@ -194,6 +194,7 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths);
 #define SV3_POLL_CONTROL 1
 #define SV3_POLL_REPORT 2
 #define SV3_YIELDS_MIN 16        /* turns handed over before a worker may sleep */
+#define SV3_CHECKS_PER_VISIT 256 /* busy: back to Python at least every 256 control looks */
 int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns);
 int sv3_port_arm(struct sv3_port *p);
 void sv3_port_disarm(struct sv3_port *p);
