@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers.procs import interrupt
+
 from .procs import _is_socket, _stat_fields, log, process_tree, pss_kib, shm_kib
 
 
@@ -115,13 +117,7 @@ class Sv3Switch:
             self.tree()
             if self.proc.poll() is None:
                 target = self.pid if self.pid is not None else self.proc.pid
-                try:
-                    os.kill(target, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
+                if not interrupt(self.proc, target, timeout):
                     log(f"sv3 (pid {target}) ignored SIGINT for {timeout:g} s; killing")
             # Anything of the tree still alive: the wrapper, the master, or
             # workers that outlived it.  Only PIDs seen in our own tree.

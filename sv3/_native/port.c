@@ -1,6 +1,7 @@
 /* port.c - one breath of a guest port: guest TX vring -> rings to other
  * ports, rings from other ports -> guest RX vring.  Python calls
- * sv3_port_run() once per batch of breaths, never per frame.
+ * sv3_port_poll() (breaths, yields and control polls in one C call),
+ * never per frame.
  *
  * Copy budget: guest TX buffer -> ring record (1 copy per destination),
  * ring record -> guest RX buffer (1 copy).  Source frames are read-only.

@@ -40,3 +40,18 @@ def stop_session(proc, sig, grace=5.0, whole_group=True):
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+def interrupt(proc, target, timeout):
+    """SIGINT to target (proc's pid, or a pid inside a wrapper such as
+    coreutils timeout), then wait up to timeout s for proc.  True if proc
+    ended in time."""
+    try:
+        os.kill(target, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False

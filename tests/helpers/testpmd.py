@@ -1,7 +1,7 @@
 """dpdk-testpmd as a vhost-user traffic generator and as a reference switch.
 
-Standard library only, so that both the pytest suite and ``scripts/bench``
-can load it.
+Standard library only (and tests/helpers/procs.py), so that the pytest
+suite, ``scripts/bench`` and ``scripts/profile`` share it.
 
 ``LoopGenerator``
     One dpdk-testpmd process with two ``net_virtio_user`` ports (the
@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from .procs import interrupt
 
 __all__ = [
     "MAC0",
@@ -381,13 +383,7 @@ class _Testpmd:
         try:
             if self.proc.poll() is None:
                 target = self._pid if self._pid is not None else self.proc.pid
-                try:
-                    os.kill(target, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
+                if not interrupt(self.proc, target, timeout):
                     for pid in (self._pid, self.proc.pid):
                         if pid is not None:
                             try:
