@@ -124,7 +124,7 @@ class Side:
     guest TX) or a sink (vring 0, guest RX)."""
 
     def __init__(self, ffi, lib, frontend_cls, path, vring, frame=None):
-        self.ffi, self.lib = ffi, lib
+        self.lib = lib
         self.fe = frontend_cls(path).attach()
         vr = self.fe.vrings[vring]
         mem = self.fe.mem

@@ -62,7 +62,7 @@ def _is_socket(path: str) -> bool:
 
 def pss_kib(pids) -> int:
     """Proportional set size of pids, KiB, without shared-memory mappings
-    (guest RAM and sv3's rings are counted once, by pss_of_shm)."""
+    (guest RAM is not the switch's; sv3's rings are counted once, by shm_kib)."""
     total = 0
     for pid in pids:
         fields = {}

@@ -3,6 +3,7 @@ result dict.  Every process a scenario starts is registered in
 Bench.live, so that Bench.sweep() stops it whatever happened."""
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -35,12 +36,9 @@ class Bench:
         return sw
 
     def _generator(self, paths, size, tag, pairs=1, prime=8):
-        big = pairs > 1
         gen = self.tp.LoopGenerator(
             paths, size=size, macs=self.tp.port_macs(pairs), prime_bursts=prime,
-            hugepages=self.a.hugepages, socket_mem=256 if big else 128,
-            mbufs=max(16384, 1024 * 2 * pairs),
-            lcores=f"(0-1)@({self.a.gen_cpu})", cpus=str(self.a.gen_cpu),
+            hugepages=self.a.hugepages, lcores=f"(0-1)@({self.a.gen_cpu})", cpus=str(self.a.gen_cpu),
             workdir=self.workdir, file_prefix=f"bench_gen_{os.getpid()}_{tag}",
             max_seconds=self.budget)
         self.live.append(gen)
@@ -86,6 +84,24 @@ class Bench:
                 return rows
             time.sleep(0.1)
 
+    @contextlib.contextmanager
+    def _as_generator(self, raise_by=0):
+        """This process on the generator CPU (and raise_by nice levels
+        higher when allowed) for the duration of the block."""
+        mine, nice = os.sched_getaffinity(0), os.getpriority(os.PRIO_PROCESS, 0)
+        os.sched_setaffinity(0, {self.a.gen_cpu})
+        try:
+            if raise_by:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, 0, nice - raise_by)
+                except PermissionError:
+                    log("cannot raise this process's priority; its own wake-ups are counted")
+            yield
+        finally:
+            os.sched_setaffinity(0, mine)
+            if raise_by and os.getpriority(os.PRIO_PROCESS, 0) != nice:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+
     def attach_ms(self, sock, times=5):
         """Median time for one more port to attach: connect, the whole
         QEMU-style handshake, until every vring has started.  The probe
@@ -93,25 +109,13 @@ class Bench:
         so that its own wake-ups behind the busy-polling generator are not
         counted as the switch's."""
         took = []
-        mine, nice = os.sched_getaffinity(0), os.getpriority(os.PRIO_PROCESS, 0)
-        os.sched_setaffinity(0, {self.a.gen_cpu})
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice - 5)
-        except PermissionError:
-            log("attach probe: cannot raise its priority; its own wake-ups are counted")
-        try:
+        with self._as_generator(raise_by=5):
             for _ in range(times):
                 t = time.monotonic()
                 fe = self.frontend_cls(sock).attach()
                 took.append((time.monotonic() - t) * 1000)
                 fe.close()
                 time.sleep(0.2)
-        finally:
-            os.sched_setaffinity(0, mine)
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
-            except PermissionError:
-                pass
         return statistics.median(took)
 
     # -- scenarios ------------------------------------------------------------
@@ -139,7 +143,7 @@ class Bench:
         socks = [os.path.join(self.workdir, f"ref-{size}-{pairs}-{run}-{i}.sock")
                  for i in range(2 * pairs)]
         ref = self.tp.RefSwitch(
-            socks, hugepages=self.a.hugepages, mbufs=max(32768, 2048 * pairs),
+            socks, hugepages=self.a.hugepages,
             lcores=f"(0-1)@({self.a.switch_cpu})", cpus=str(self.a.switch_cpu),
             workdir=self.workdir, file_prefix=f"bench_ref_{os.getpid()}_{tag}",
             max_seconds=self.budget)
@@ -175,16 +179,12 @@ class Bench:
         """Open loop: a paced source port and a sink port (benchlib/paced.py),
         the source pinned to the generator CPU."""
         sw = self._switch(f"zeroloss-{int(rate_pps)}")
-        mine = os.sched_getaffinity(0)
         with sw:
-            os.sched_setaffinity(0, {self.a.gen_cpu})
-            try:
+            with self._as_generator():
                 c0, t0 = cpu_ticks(sw.tree()), time.monotonic()
                 res = paced.run(self.workdir, self.frontend_cls, sw.sock, *ZEROLOSS_MACS,
                                 size, rate_pps, seconds)
                 res["cpu_percent"] = cpu_percent(c0, cpu_ticks(sw.tree()), time.monotonic() - t0)
-            finally:
-                os.sched_setaffinity(0, mine)
             rows = sw.ports(include_gone=True) or []
         src = next((r for r in rows if ZEROLOSS_MACS[0] in r["macs"]), None)
         dst = next((r for r in rows if ZEROLOSS_MACS[1] in r["macs"]), None)

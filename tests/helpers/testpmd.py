@@ -476,7 +476,8 @@ class LoopGenerator(_Testpmd):
     number (default MAC0, MAC1: one pair; see ``port_macs``).
     ``size`` is the frame length without FCS (``--txpkts``).
     ``prime_bursts`` bursts of 32 frames per port start the loop (0: the
-    ports come up but send nothing: an idle guest).
+    ports come up but send nothing: an idle guest).  The mbuf pool and
+    DPDK memory grow with the number of ports unless given.
     ``hugepages=False`` uses ``--no-huge -m 256`` (no setup, about half the
     rate); ``True`` uses ``--socket-mem 128 --single-file-segments`` and
     needs ``ensure_hugepages()`` first.  ``cpus`` optionally wraps testpmd in
@@ -488,8 +489,8 @@ class LoopGenerator(_Testpmd):
     def __init__(self, paths, *, size: int = 64, queues: int = 1,
                  macs=(MAC0, MAC1),
                  queue_size: int = 256, lcores: str | None = None,
-                 hugepages: bool = False, socket_mem: int = 128,
-                 no_huge_mem: int = 256, mbufs: int = 16384,
+                 hugepages: bool = False, socket_mem: int | None = None,
+                 no_huge_mem: int = 256, mbufs: int | None = None,
                  prime_bursts: int = 8, cpus: str | None = None,
                  workdir: str | None = None, file_prefix: str | None = None,
                  max_seconds: float = 300, testpmd: str | None = None):
@@ -505,8 +506,11 @@ class LoopGenerator(_Testpmd):
         self.size = size
         self.queues = queues
         self.queue_size = queue_size
-        self.mbufs = mbufs
+        # 1024 mbufs per port cover its RX ring, TX ring and primed bursts
+        self.mbufs = mbufs or max(16384, 1024 * len(self.macs))
         self.prime_bursts = prime_bursts
+        if socket_mem is None:
+            socket_mem = 128 if len(self.macs) <= 2 else 256
         super().__init__(
             lcores=lcores or f"(0-{queues})@(1)", hugepages=hugepages,
             socket_mem=socket_mem, no_huge_mem=no_huge_mem,
@@ -597,7 +601,7 @@ class RefSwitch(_Testpmd):
 
     def __init__(self, paths, *, lcores: str = "(0-1)@(0)", queues: int = 1,
                  hugepages: bool = False, socket_mem: int = 256,
-                 no_huge_mem: int = 512, mbufs: int = 32768,
+                 no_huge_mem: int = 512, mbufs: int | None = None,
                  cpus: str | None = None, workdir: str | None = None,
                  file_prefix: str | None = None, max_seconds: float = 300,
                  testpmd: str | None = None):
@@ -606,7 +610,7 @@ class RefSwitch(_Testpmd):
             raise ValueError("RefSwitch takes an even number of distinct socket paths")
         self.paths = paths
         self.queues = queues
-        self.mbufs = mbufs
+        self.mbufs = mbufs or max(32768, 1024 * len(paths))
         self._created: list[str] = []
         super().__init__(
             lcores=lcores, hugepages=hugepages, socket_mem=socket_mem,

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from sv3._native import lib
+from sv3.shm import snapshot
 from tests.helpers.vring_driver import (INDIRECT, NEXT, NO_INTERRUPT, NO_NOTIFY, WRITE,
                                         Driver, GuestMemory, connect, make_port)
 
@@ -361,7 +362,6 @@ def test_kick_suppression_follows_arm():
 
 def _knows_b(s):
     """A's MAC table sends MAC_B to port 2 (unicast, not flood)."""
-    from sv3.shm import snapshot
     tab, mask = snapshot.build_table(struct.pack("<6sH", MAC_B, 2))
     s.a.p.fdb, s.a.p.fdb_mask, s.a.tab = tab, mask, tab
 
