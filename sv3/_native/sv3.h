@@ -200,6 +200,16 @@ int sv3_port_arm(struct sv3_port *p);
 void sv3_port_disarm(struct sv3_port *p);
 int sv3_vring_start(struct sv3_port *p, uint32_t i);
 
+/* offload.c: the software slow path for virtio-net offload metadata
+ * (virtio 1.1 5.1.6.2): checksum completion and TCP segmentation, for a
+ * receiver that did not negotiate what a frame asks for. */
+#define SV3_GSO_MAX_SEGS 128      /* segments one GSO frame may become */
+#define SV3_OFFLOAD_BAD (-1)      /* malformed metadata or headers: drop, count */
+#define SV3_OFFLOAD_TOO_BIG (-2)  /* out buffer or SV3_GSO_MAX_SEGS too small */
+int sv3_csum_complete(uint8_t *frame, uint32_t len, uint32_t csum_start, uint32_t csum_offset);
+int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *meta,
+                    uint8_t *out, uint32_t outlen, uint32_t *lens, uint32_t max_segs);
+
 /* sys.c: the few OS calls Python's stdlib lacks */
 void *sv3_map_fd(int fd, uint64_t len);
 int sv3_unmap(void *addr, uint64_t len);
