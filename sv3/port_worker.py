@@ -1,33 +1,21 @@
 """Program: serves one guest port (one vhost-user connection).
 
 Forked by the master (sv3/ports.py), never started by hand; its process
-name is sv3-port-<id>.  It speaks vhost-user
-on the inherited connection fd, runs the C core's breaths, reports learned
-MACs and state changes to the master, and applies the master's snapshots
-and peer changes between breaths.  Writes: its port's counters block (C
-core), the producer line of its outbound rings and the consumer line of
-its inbound rings.  It exits when the guest disconnects, when the master
-says stop, or when the master goes away."""
+name is sv3-port-<id>.  It speaks vhost-user on the inherited connection
+fd and runs the C core's vhost breaths (port.c); everything it shares with
+the other kinds of worker (peers, snapshots, MAC reports, the loop) is in
+sv3/worker.py.  It exits when the guest disconnects, when the master says
+stop, or when the master goes away."""
 import argparse
-import logging
-import os
 import select
-import signal
 import socket
 import sys
-import time
-
-import posix_ipc
 
 from . import ipc, states
-from ._native import ffi, lib
-from .shm import names, ring
-from .shm import snapshot as snap
-from .shm.segment import Segment
+from ._native import lib
 from .vhost.backend import Backend
 from .vhost.channel import ConnectionClosed, ProtocolError, recv_message
-
-log = logging.getLogger("sv3.port")
+from .worker import DataWorker, add_common_args, drain, start
 
 BROKEN_REASONS = {
     1: "avail index moved by more than the ring size",
@@ -40,202 +28,67 @@ BROKEN_REASONS = {
     8: "descriptor chain has too many buffers",
     9: "receive chain without any room",
 }
-CONTROL_CHECK_NS = 2_000_000   # a busy worker's C loop polls its control fds every 2 ms
 MESSAGE_TIMEOUT_S = 5.0  # longest wait for the rest of a started vhost-user message
-# After the last frame, breaths separated by sched_yield() for this long
-# before arming and sleeping: a peer worker on the same core runs without an
-# eventfd round trip (about 5 us each).  See docs/performance.md.
-YIELD_NS = 50_000
-LEARN_GAP_S = 0.001      # at most 1000 learn reports (16 MACs each) per second
 
 
-class Peer:
-    def __init__(self, port_id, out_seg, in_seg, doorbell):
-        self.port_id, self.out_seg, self.in_seg, self.doorbell = port_id, out_seg, in_seg, doorbell
-
-    def close(self):
-        self.out_seg.close()
-        self.in_seg.close()
-        os.close(self.doorbell)
-
-
-class PortWorker:
+class PortWorker(DataWorker):
     def __init__(self, args):
-        self.args = args
+        super().__init__(args, lib.SV3_KIND_VHOST)
         self.name = "port %d (guest pid %s)" % (args.port_id, args.guest_pid or "?")
         self.conn = socket.socket(fileno=args.conn_fd)
         self.conn.settimeout(MESSAGE_TIMEOUT_S)   # a front-end stalling mid-message
-        self.chan = socket.socket(fileno=args.chan_fd)
-        self.chan.setblocking(False)    # a stalled master must never stall frames
-        self.doorbell = args.doorbell_fd
-        self.port = ffi.new("struct sv3_port *")
-        self.port.port_id = args.port_id
-        self.port.batch = args.batch_size
         self.port.hdr_len = 12
-        self.block = Segment(names.port_block(args.instance, args.port_id))
-        self.port.ctr = self.block.cast("struct sv3_counters *")
         self.backend = Backend(self.conn, self.port, self.name)
-        self.peers = {}
-        self.fdb_table = None
-        self.gen = -1
-        self.state = None
         self.broken_reported = False
-        self.learn_sent_at = 0.0
-        self.running = True
-        self.poller, self.watched = None, None
-        self.next_refresh = time.monotonic() + args.refresh_s
 
-    # -- messages from the master -----------------------------------------
-    def on_channel(self):
-        msg, fds = ipc.recv(self.chan)
-        if msg is None:
-            return
-        t = msg["t"]
-        if t == "snapshot":
-            self.load_snapshot(msg["data"])
-        elif t == "peer_add":
-            self.add_peer(msg["port"], msg["out"], msg["in"], fds[0])
-            fds = fds[1:]
-        elif t == "peer_del":
-            self.del_peer(msg["port"])
-        elif t == "stop":
-            self.running = False
-        for fd in fds:
-            os.close(fd)
-
-    def load_snapshot(self, data):
-        gen, fdb = snap.decode(data)
-        if gen <= self.gen:
-            return
-        tab, mask = snap.build_table(fdb)
-        self.port.fdb, self.port.fdb_mask = tab, mask
-        self.port.last_src = 0
-        self.fdb_table, self.gen = tab, gen
-
-    def add_peer(self, port_id, out_name, in_name, doorbell):
-        if port_id in self.peers or len(self.peers) >= lib.SV3_MAX_PEERS:
-            os.close(doorbell)
-            return
-        segs = []
-        try:
-            for name in (out_name, in_name):
-                segs.append(ring.attach(name))
-        except (OSError, ValueError, posix_ipc.Error) as e:
-            log.info("%s: peer port %d left before its rings were attached (%s)", self.name, port_id, e)
-            for seg in segs:
-                seg.close()
-            os.close(doorbell)
-            return
-        self.peers[port_id] = Peer(port_id, segs[0], segs[1], doorbell)
-        self.rebuild_peers()
-
-    def del_peer(self, port_id):
-        peer = self.peers.pop(port_id, None)
-        if peer:
-            self.rebuild_peers()
-            peer.close()
-
-    def rebuild_peers(self):
-        """Compact struct sv3_port.out/in from self.peers (between breaths)."""
-        p = self.port
-        for i, peer in enumerate(self.peers.values()):
-            lib.sv3_ring_prod_attach(ffi.addressof(p.out[i]), peer.out_seg.cast("struct sv3_ring *"),
-                                     peer.doorbell, peer.port_id)
-            lib.sv3_ring_cons_attach(ffi.addressof(p.inb[i]),
-                                     peer.in_seg.cast("struct sv3_ring *"))
-        p.npeers = p.nin = len(self.peers)
-
-    # -- reports to the master ---------------------------------------------
     def report(self):
         p = self.port
-        if p.nlearn:
-            now = time.monotonic()
-            if now - self.learn_sent_at >= LEARN_GAP_S:   # a MAC storm: skip, sources recur
-                self.learn_sent_at = now
-                macs = b"".join(p.learn[i].to_bytes(8, "little")[:6] for i in range(p.nlearn))
-                try:
-                    ipc.send(self.chan, {"t": "learn", "macs": macs})
-                except BlockingIOError:
-                    pass            # the master is behind: sources recur, report later
-            p.nlearn = 0
         if p.broken and not self.broken_reported:
             self.broken_reported = True
             reason = BROKEN_REASONS.get(p.broken, "reason %d" % p.broken)
-            log.error("%s: vring %d broken: %s; port stops until the guest resets the device",
-                      self.name, p.broken_vring, reason)
+            self.log.error("%s: vring %d broken: %s; port stops until the guest resets the device",
+                           self.name, p.broken_vring, reason)
             self.backend.signal_error(p.broken_vring)
         if not p.broken:
             self.broken_reported = False
-        self.report_state()
+        super().report()
 
-    def report_state(self):
+    def device_state(self):
         p = self.port
         if p.broken:
-            st = states.BROKEN
-        elif p.vr[0].started and p.vr[1].started:
-            st = states.ACTIVE
-        else:
-            st = states.NEGOTIATING
-        if st != self.state:
-            if st == states.ACTIVE:
-                self.become_data_path()
-            reason = BROKEN_REASONS.get(p.broken, "") if p.broken else ""
-            try:
-                ipc.send(self.chan, {"t": "state", "state": st, "reason": reason,
-                                     "features": self.backend.features})
-                self.state = st
-            except BlockingIOError:
-                pass                # the master is behind: retried at the next report
+            return states.BROKEN, BROKEN_REASONS.get(p.broken, ""), self.backend.features
+        if p.vr[0].started and p.vr[1].started:
+            return states.ACTIVE, "", self.backend.features
+        return states.NEGOTIATING, "", self.backend.features
 
-    def become_data_path(self):
-        """The handshake ran at the master's (control) priority; frames
-        run at the switch's own priority (sv3/master.py control_first)."""
-        if os.getpriority(os.PRIO_PROCESS, 0) < self.args.data_nice:
-            os.setpriority(os.PRIO_PROCESS, 0, self.args.data_nice)
-
-    # -- the loop -----------------------------------------------------------
-    def watch_fds(self):
-        """A poll object for the control fds and kick fds, rebuilt only
-        when the kick fds changed (a busy worker looks every 2 ms)."""
-        fds = [self.conn.fileno(), self.chan.fileno(), self.doorbell] + self.backend.kick_fds()
-        if fds != self.watched:
-            self.poller = select.poll()
-            for i, fd in enumerate(fds):
-                self.poller.register(fd, select.POLLIN)
-                self.port.watch_fds[i] = fd
-            self.port.nwatch = len(fds)
-            self.watched = fds
-        return self.poller
+    def control_fds(self):
+        return [self.conn.fileno()] + self.backend.kick_fds()
 
     def on_vhost(self):
         """Every message the front-end has sent so far (a handshake comes
         as a burst; one scheduling round per message would be slow)."""
         for _ in range(64):
             msg = recv_message(self.conn)
-            log.debug("%s: %s", self.name, msg.name)
+            self.log.debug("%s: %s", self.name, msg.name)
             self.backend.handle(msg)
             if not select.select([self.conn], [], [], 0)[0]:
                 break
 
     def dispatch(self, events):
-        """Handle what poll() reported.  The vhost socket comes first and its
-        message may close or replace a kick fd, so eventfds are re-checked."""
-        bad = select.POLLERR | select.POLLHUP | select.POLLNVAL
-        for fd, ev in events:
-            if fd == self.conn.fileno():
-                self.on_vhost()
-            elif fd == self.chan.fileno():
-                self.on_channel()
-            elif fd == self.doorbell or fd in self.backend.kick_fds():
-                if ev & bad and fd != self.doorbell:
-                    log.warning("%s: kick fd %d hung up; polling that vring instead", self.name, fd)
-                    self.backend.drop_kick(fd)
-                    continue
-                try:
-                    os.read(fd, 8)      # drain a kick or doorbell eventfd
-                except (BlockingIOError, InterruptedError):
-                    pass
-        self.report()
+        """The vhost socket comes first: its message may close or replace a
+        kick fd, so the eventfds are looked up after it."""
+        events = sorted(events, key=lambda e: e[0] != self.conn.fileno())
+        super().dispatch(events)
+
+    def on_fd(self, fd, ev):
+        if fd == self.conn.fileno():
+            self.on_vhost()
+        elif fd in self.backend.kick_fds():
+            if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                self.log.warning("%s: kick fd %d hung up; polling that vring instead", self.name, fd)
+                self.backend.drop_kick(fd)
+            else:
+                drain(fd)
 
     def sleep_ms(self):
         """A started vring without a kick fd must be polled (vhost-user
@@ -244,94 +97,32 @@ class PortWorker:
             return 1
         return 1000
 
-    def housekeeping(self, now):
-        if now >= self.next_refresh:
-            lib.sv3_fdb_clear_hits(self.port)   # active MACs get re-reported
-            self.next_refresh = now + self.args.refresh_s
-
-    def run(self):
-        spin_ns = self.args.poll_us * 1000
-        while self.running:
-            self.watch_fds()
-            why = lib.sv3_port_poll(self.port, CONTROL_CHECK_NS, spin_ns, YIELD_NS)
-            if why == lib.SV3_POLL_REPORT:
-                self.report()
-            elif why == lib.SV3_POLL_CONTROL:
-                events = self.watch_fds().poll(0)
-                if events:
-                    self.dispatch(events)
-                self.housekeeping(time.monotonic())
-            else:
-                self.sleep()
-
-    def sleep(self):
-        """Arm kicks and doorbells, re-check, then sleep in poll()."""
-        self.report()
-        self.housekeeping(time.monotonic())
-        poller = self.watch_fds()
-        if lib.sv3_port_arm(self.port):
-            lib.sv3_port_disarm(self.port)
-            return
-        events = poller.poll(self.sleep_ms())
-        lib.sv3_port_disarm(self.port)
-        self.dispatch(events)
-
     def close(self):
-        for peer in self.peers.values():
-            peer.close()
-        self.peers.clear()
-        self.port.npeers = self.port.nin = 0
+        super().close()
         self.backend.close()
-        self.port.ctr = ffi.NULL
-        self.block.close()
-
-
-def set_comm(name):
-    """The name ps, top and pgrep show (a forked worker's command line is
-    the master's); the kernel keeps 15 bytes."""
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name[:15])
-    except OSError:
-        pass
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="sv3 port worker (started by sv3.master)")
+    add_common_args(ap)
     ap.add_argument("--conn-fd", type=int, required=True)
-    ap.add_argument("--chan-fd", type=int, required=True)
-    ap.add_argument("--doorbell-fd", type=int, required=True)
-    ap.add_argument("--port-id", type=int, required=True)
-    ap.add_argument("--instance", required=True)
     ap.add_argument("--guest-pid", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--poll-us", type=int, default=0)
-    ap.add_argument("--data-nice", type=int, default=0)
-    ap.add_argument("--refresh-s", type=float, default=75.0)
-    ap.add_argument("--log-level", default="info")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, force=True,
-                        format="%(asctime)s sv3-port[%(process)d] %(levelname)s %(message)s")
-    set_comm("sv3-port-%d" % args.port_id)
-    lib.sv3_set_pdeathsig(signal.SIGTERM)
-    # SIGTERM comes from the parent-death signal or supervisord's group kill:
-    # leave at once, the kernel releases mappings and fds, the master the shm.
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the master decides when we stop
+    start(args, "sv3-port-%d" % args.port_id, "sv3-port")
     w = PortWorker(args)
     try:
         w.report_state()
         w.run()
     except ConnectionClosed as e:
-        log.info("%s: guest disconnected (%s)", w.name, e)
+        w.log.info("%s: guest disconnected (%s)", w.name, e)
     except ProtocolError as e:
-        log.error("%s: vhost-user protocol error, closing: %s", w.name, e)
+        w.log.error("%s: vhost-user protocol error, closing: %s", w.name, e)
     except ipc.ChannelClosed:
-        log.info("%s: master went away, exiting", w.name)
+        w.log.info("%s: master went away, exiting", w.name)
     finally:
         w.close()
     return 0

@@ -1,7 +1,8 @@
 /* port.c - one breath of a guest port: guest TX vring -> rings to other
- * ports, rings from other ports -> guest RX vring.  Python calls
- * sv3_port_poll() (breaths, yields and control polls in one C call),
- * never per frame.
+ * ports, rings from other ports -> guest RX vring; and the worker loop of
+ * every port kind (sv3_port_run/poll/arm dispatch on sv3_port.kind).
+ * Python calls sv3_port_poll() (breaths, yields and control polls in one
+ * C call), never per frame.
  *
  * Copy budget: guest TX buffer -> ring record (1 copy per destination),
  * ring record -> guest RX buffer (1 copy).  Source frames are read-only.
@@ -21,61 +22,12 @@ static void broke(struct sv3_port *p, uint32_t vring, int reason)
     }
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Whether to wait for room in a full ring (backpressure: the frame stays
- * in the guest's TX vring, as vhost-net does when a tap is full) or to drop.
- * A ring full for SV3_STALL_NS has a stuck consumer (a guest that stopped
- * taking frames): drop, counted on it, without waiting, until it has
- * drained to half full (a slow receiver must not hold its senders up). */
-static int wait_for_room(struct sv3_ring_prod *o)
-{
-    uint64_t now;
-    if (o->stalled)
-        return 0;
-    now = now_ns();
-    if (!o->full_since)
-        o->full_since = now;
-    if (now - o->full_since < SV3_STALL_NS)
-        return 1;
-    o->stalled = 1;
-    return 0;
-}
-
-/* Copy one frame into a ring.  Returns 1 when the caller should keep the
- * frame and retry later (unicast into a full ring), else 0. */
-static int enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t nsegs,
-                   uint32_t hdr_len, uint32_t flen, int may_wait)
-{
-    struct sv3_frame *f = sv3_ring_fits(o, flen) ? sv3_ring_reserve(o, flen) : NULL;
-    if (!f) {
-        if (may_wait && sv3_ring_fits(o, flen) && wait_for_room(o))
-            return 1;
-        o->ring->drops++;
-        return 0;
-    }
-    if (o->stalled && sv3_ring_room(o) > (o->mask + 1) / 2)
-        o->stalled = 0;             /* it drains again: worth waiting for next time */
-    o->full_since = 0;
-    memset(f, 0, sizeof *f);
-    f->len = flen;
-    sv3_segs_copy(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen, 0);
-    sv3_ring_commit(o, flen);
-    return 0;
-}
-
 /* One guest TX frame (its chain already walked) to its destination(s).
- * Returns 1 if it must stay in the guest's vring for now (see enqueue). */
+ * Returns 1 if it must stay in the guest's vring for now (sv3_forward). */
 static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint64_t total)
 {
     uint8_t hdr[12 + 14];
-    uint32_t hl = p->hdr_len, flen, i;
-    int d;
+    uint32_t hl = p->hdr_len;
 
     if (total < hl + 14) {
         p->ctr->drop_runt++;
@@ -85,24 +37,12 @@ static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_
         p->ctr->drop_oversize++;
         return 0;
     }
-    flen = (uint32_t)(total - hl);
     sv3_segs_copy(segs, nsegs, 0, hdr, hl + 14, 0);
     if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || hdr[1] != 0) {
         p->ctr->drop_bad_header++;   /* no CSUM/HOST_TSO offered (yet) */
         return 0;
     }
-    d = sv3_forward_decision(p, hdr + hl, flen, NULL);
-    if (d >= 0) {
-        if (enqueue(&p->out[d], segs, nsegs, hl, flen, 1))
-            return 1;
-    } else if (d == SV3_FWD_FLOOD) {
-        p->ctr->flood_frames++;
-        for (i = 0; i < p->npeers; i++)
-            enqueue(&p->out[i], segs, nsegs, hl, flen, 0);
-    }
-    p->ctr->rx_frames++;
-    p->ctr->rx_bytes += flen;
-    return 0;
+    return sv3_forward(p, segs, nsegs, hl, (uint32_t)(total - hl), hdr + hl, 1);
 }
 
 /* One guest TX chain, walked one frame ahead of its forwarding so that the
@@ -139,7 +79,7 @@ static void tx_walk(struct sv3_port *p, struct sv3_vring *vr, uint16_t pos, stru
 int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
 {
     struct tx_chain ch[2];
-    uint32_t i, k, vi = (uint32_t)(vr - p->vr);
+    uint32_t i, vi = (uint32_t)(vr - p->vr);
     uint16_t n;
     int rc;
 
@@ -172,8 +112,7 @@ int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr)
         vr->used_idx++;
     }
     sv3_store_release16(used_idx(vr), vr->used_idx);
-    for (k = 0; k < p->npeers; k++)
-        sv3_ring_publish(&p->out[k]);
+    sv3_publish_all(p);
     sv3_vring_signal(p, vr);
     return (int)i;
 }
@@ -293,26 +232,6 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     return done;
 }
 
-/* Frames nobody can take (guest RX ring stopped, disabled or broken). */
-static int discard_inbound(struct sv3_port *p)
-{
-    const struct sv3_frame *f;
-    uint32_t i;
-    int done = 0;
-
-    uint64_t *reason = p->broken ? &p->ctr->drop_broken : &p->ctr->drop_no_buffer;
-
-    for (i = 0; i < p->nin; i++) {
-        while ((f = sv3_ring_peek(&p->inb[i])) != NULL) {
-            (*reason)++;
-            sv3_ring_consume(&p->inb[i], f);
-            done++;
-        }
-        sv3_ring_release(&p->inb[i]);
-    }
-    return done;
-}
-
 int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
 {
     uint32_t i, vi = (uint32_t)(vr - p->vr);
@@ -321,7 +240,7 @@ int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
 
     p->rx_starved = 0;
     if (!vr->started || !vr->enabled || p->broken)
-        return discard_inbound(p);
+        return sv3_discard_inbound(p, p->broken ? &p->ctr->drop_broken : &p->ctr->drop_no_buffer);
     rc = sv3_vring_pending(p, vr, &avail);
     if (rc) {
         broke(p, vi, rc);
@@ -343,7 +262,10 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
     uint32_t b;
 
     for (b = 0; b < max_breaths; b++) {
-        work = sv3_tx_vring(p, &p->vr[1]) + sv3_rx_vring(p, &p->vr[0]);
+        if (p->kind == SV3_KIND_AF_PACKET)
+            work = sv3_afp_run(p);
+        else
+            work = sv3_tx_vring(p, &p->vr[1]) + sv3_rx_vring(p, &p->vr[0]);
         p->ctr->breaths++;
         total += work;
         if (!work || p->nlearn >= SV3_LEARN_MAX / 2 || p->broken)
@@ -378,7 +300,7 @@ static int control_ready(const struct sv3_port *p)
  * Python's housekeeping runs) or SV3_POLL_REPORT (MACs to report). */
 int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint64_t yield_ns)
 {
-    uint64_t start = now_ns(), t, last_work = start;
+    uint64_t start = sv3_now_ns(), t, last_work = start;
     uint32_t yields = 0, checks = 0;
 
     for (;;) {
@@ -387,12 +309,12 @@ int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint
             return SV3_POLL_REPORT;
         if (p->broken)
             return SV3_POLL_IDLE;
-        t = now_ns();
+        t = sv3_now_ns();
         if (work) {
             last_work = t;
             yields = 0;
         } else if ((t - last_work >= spin_ns + yield_ns && yields >= SV3_YIELDS_MIN) ||
-                   !(p->vr[0].started || p->vr[1].started)) {
+                   (p->kind == SV3_KIND_VHOST && !(p->vr[0].started || p->vr[1].started))) {
             return SV3_POLL_IDLE;         /* nothing to wait for: a handshake goes on at once */
         } else if (t - last_work >= spin_ns) {
             p->ctr->yields++;
@@ -415,6 +337,8 @@ int sv3_port_arm(struct sv3_port *p)
     uint16_t n;
     uint32_t i;
 
+    if (p->kind == SV3_KIND_AF_PACKET)
+        return sv3_afp_arm(p);
     if (!p->rx_starved || p->broken)   /* broken: frames still come, to be discarded */
         for (i = 0; i < p->nin; i++)
             __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
@@ -444,8 +368,10 @@ void sv3_port_disarm(struct sv3_port *p)
     uint32_t i;
     for (i = 0; i < p->nin; i++)
         __atomic_store_n(&p->inb[i].ring->waiting, 0, __ATOMIC_RELAXED);
-    sv3_vring_set_kicks(p, &p->vr[0], 0);
-    sv3_vring_set_kicks(p, &p->vr[1], 0);
+    if (p->kind == SV3_KIND_VHOST) {
+        sv3_vring_set_kicks(p, &p->vr[0], 0);
+        sv3_vring_set_kicks(p, &p->vr[1], 0);
+    }
     p->ctr->wakeups++;
 }
 

@@ -123,7 +123,35 @@ struct sv3_counters {
     uint64_t wakeups;           /* sleeps ended by a kick, doorbell or timeout */
     uint64_t yields;            /* idle breaths that handed the core over */
     uint64_t learn_reports;
+    uint64_t drop_link_down;    /* uplink: frames for a link that is down */
+    uint64_t sw_checksummed;    /* frames whose checksum sv3 completed (offload.c) */
+    uint64_t sw_segmented;      /* GSO frames sv3 segmented in software */
 };
+
+/* Port kinds: which device a worker's sv3_port_run() drives.  Rings,
+ * forwarding, learning and counters are the same for every kind. */
+#define SV3_KIND_VHOST 0         /* a guest's virtio-net over vhost-user */
+#define SV3_KIND_AF_PACKET 1     /* a Linux interface, packet(7) TPACKET_V2 rings */
+
+/* An AF_PACKET uplink (afpacket.c; set up by sv3/uplink/afpacket.py).
+ * Both rings use slots of slot_size bytes: struct tpacket2_hdr, then
+ * (PACKET_VNET_HDR) a 10-byte virtio_net_hdr, then the frame. */
+struct sv3_afp {
+    int fd;
+    uint32_t slot_size;
+    uint8_t *rx;            /* PACKET_RX_RING, rx_slots slots */
+    uint32_t rx_slots;
+    uint32_t rx_pos;        /* next slot the kernel fills */
+    uint8_t *tx;            /* PACKET_TX_RING, tx_slots slots */
+    uint32_t tx_slots;
+    uint32_t tx_pos;        /* next slot to fill */
+    uint32_t tx_queued;     /* slots handed over but not yet sent (send() failed) */
+    uint8_t link_up;        /* written by Python from rtnetlink */
+    uint8_t _pad[3];
+    int send_errno;         /* last send() error, for the log */
+    uint8_t *scratch;       /* SV3_AFP_SCRATCH bytes (re-tagged frame, segments) */
+};
+#define SV3_AFP_SCRATCH 262144
 
 /* Broken reasons (sv3_port.broken), named for the log line. */
 #define SV3_BROKEN_NONE 0
@@ -172,6 +200,9 @@ struct sv3_port {
     struct sv3_counters *ctr;
     uint32_t nwatch;
     int watch_fds[SV3_MAX_WATCH];   /* control fds (vhost-user, master, doorbell, kicks) */
+    uint8_t kind;                   /* SV3_KIND_* */
+    uint8_t _pad_kind[7];
+    struct sv3_afp *afp;            /* SV3_KIND_AF_PACKET */
 };
 
 /* ring.c */

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include "sv3.h"
 
 #define SV3_RING_DATA_OFF 192
@@ -30,6 +31,26 @@ static inline uint64_t sv3_mac48(const uint8_t *m)
     return (uint64_t)m[0] | (uint64_t)m[1] << 8 | (uint64_t)m[2] << 16 |
            (uint64_t)m[3] << 24 | (uint64_t)m[4] << 32 | (uint64_t)m[5] << 40;
 }
+
+static inline uint64_t sv3_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A buffer of a frame, at a local address (guest memory, a kernel ring). */
+struct sv3_seg { uint8_t *ptr; uint32_t len; };
+
+/* forward.c */
+int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint32_t skip,
+                uint32_t flen, const uint8_t *eth, int may_wait);
+void sv3_publish_all(struct sv3_port *p);
+int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason);
+
+/* afpacket.c */
+int sv3_afp_run(struct sv3_port *p);
+int sv3_afp_arm(struct sv3_port *p);
 
 /* ring.c internals used by port.c */
 int sv3_ring_fits(const struct sv3_ring_prod *p, uint32_t len);

@@ -16,9 +16,6 @@
 struct vring_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
 struct vring_used_elem { uint32_t id; uint32_t len; };
 
-/* A guest buffer, translated to a local address. */
-struct sv3_seg { uint8_t *ptr; uint32_t len; };
-
 /* Field accessors: the rings live in guest memory at vr->avail / vr->used. */
 static inline volatile uint16_t *avail_flags(const struct sv3_vring *vr) { return (volatile uint16_t *)vr->avail; }
 static inline volatile uint16_t *avail_idx(const struct sv3_vring *vr) { return (volatile uint16_t *)(vr->avail + 2); }

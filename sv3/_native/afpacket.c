@@ -1,0 +1,229 @@
+/* afpacket.c - one breath of an AF_PACKET uplink: the kernel's RX ring ->
+ * rings to other ports, rings from other ports -> the kernel's TX ring.
+ * packet(7) with TPACKET_V2 rings and PACKET_VNET_HDR: every slot is a
+ * struct tpacket2_hdr, a virtio_net_hdr, then the frame.  The kernel hands
+ * us GSO frames and frames with a partial checksum (a veth peer, GRO):
+ * they are segmented or completed here (offload.c), since the other ports
+ * do not take offloads yet.  sv3/uplink/afpacket.py sets the socket up.
+ *
+ * Copy budget: RX slot -> ring record (1 per destination); ring record ->
+ * TX slot (1).  One send() per breath flushes the TX ring.
+ */
+#include <errno.h>
+#include <sys/socket.h>
+#include <linux/if_packet.h>
+#include "vring.h"
+
+#define VNET_HDR_LEN 10                 /* struct virtio_net_hdr */
+#define TX_DATA_OFF TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
+#define ETH_P_8021Q 0x8100
+
+struct vnet_hdr {                       /* virtio 1.1 5.1.6, little endian */
+    uint8_t flags, gso_type;
+    uint16_t hdr_len, gso_size, csum_start, csum_offset;
+} __attribute__((packed));
+
+static struct tpacket2_hdr *slot(uint8_t *ring, uint32_t size, uint32_t i)
+{
+    return (struct tpacket2_hdr *)(ring + (size_t)size * i);
+}
+
+static int forward_buf(struct sv3_port *p, uint8_t *frame, uint32_t len, int may_wait)
+{
+    struct sv3_seg seg = { frame, len };
+    if (len < 14) {
+        p->ctr->drop_runt++;
+        return 0;
+    }
+    return sv3_forward(p, &seg, 1, 0, len, frame, may_wait);
+}
+
+/* The kernel took the VLAN tag out of the frame (hardware offload or a
+ * vlan-aware driver): put it back, the switch forwards tagged frames. */
+static uint8_t *retag(struct sv3_afp *a, const struct tpacket2_hdr *h, const uint8_t *eth,
+                      uint32_t *len, struct vnet_hdr *vh)
+{
+    uint8_t *out = a->scratch;
+    uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : ETH_P_8021Q;
+
+    if (*len < 12 || *len + 4 > SV3_AFP_SCRATCH / 4)
+        return NULL;
+    memcpy(out, eth, 12);
+    out[12] = (uint8_t)(tpid >> 8);
+    out[13] = (uint8_t)tpid;
+    out[14] = (uint8_t)(h->tp_vlan_tci >> 8);
+    out[15] = (uint8_t)h->tp_vlan_tci;
+    memcpy(out + 16, eth + 12, *len - 12);
+    *len += 4;
+    if (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+        vh->csum_start += 4;
+    return out;
+}
+
+/* One GSO frame as the segments a non-GSO receiver takes; never waits
+ * (a segment half way cannot be offered again). */
+static void forward_segments(struct sv3_port *p, struct sv3_afp *a, const uint8_t *frame,
+                             uint32_t len, const struct vnet_hdr *vh)
+{
+    static uint32_t lens[SV3_GSO_MAX_SEGS];
+    struct sv3_frame meta = {0};
+    uint8_t *out = a->scratch + SV3_AFP_SCRATCH / 4;
+    int n, k;
+
+    meta.flags = vh->flags;
+    meta.gso_type = vh->gso_type;
+    meta.gso_size = vh->gso_size;
+    meta.csum_start = vh->csum_start;
+    meta.csum_offset = vh->csum_offset;
+    meta.hdr_len = vh->hdr_len;
+    n = sv3_gso_segment(frame, len, &meta, out, SV3_AFP_SCRATCH * 3 / 4, lens, SV3_GSO_MAX_SEGS);
+    if (n < 0) {
+        p->ctr->drop_bad_header++;
+        return;
+    }
+    p->ctr->sw_segmented++;
+    for (k = 0; k < n; k++) {
+        forward_buf(p, out, lens[k], 0);
+        out += lens[k];
+    }
+}
+
+/* One received slot.  Returns 1 to keep it (its ring is full for now). */
+static int rx_slot(struct sv3_port *p, struct sv3_afp *a, struct tpacket2_hdr *h)
+{
+    uint8_t *frame = (uint8_t *)h + h->tp_mac;
+    uint32_t len = h->tp_snaplen;
+    struct vnet_hdr vh;
+
+    if (h->tp_mac < TX_DATA_OFF + VNET_HDR_LEN || (uint64_t)h->tp_mac + len > a->slot_size ||
+        len < h->tp_len) {
+        p->ctr->drop_oversize++;               /* cut to the slot: never forwarded */
+        return 0;
+    }
+    memcpy(&vh, frame - VNET_HDR_LEN, sizeof vh);
+    if (h->tp_status & TP_STATUS_VLAN_VALID) {
+        frame = retag(a, h, frame, &len, &vh);
+        if (!frame) {
+            p->ctr->drop_oversize++;
+            return 0;
+        }
+    }
+    if (vh.gso_type != 0) {
+        forward_segments(p, a, frame, len, &vh);
+        return 0;
+    }
+    if (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+        if (sv3_csum_complete(frame, len, vh.csum_start, vh.csum_offset)) {
+            p->ctr->drop_bad_header++;
+            return 0;
+        }
+        p->ctr->sw_checksummed++;
+    }
+    return forward_buf(p, frame, len, 1);
+}
+
+static int afp_rx(struct sv3_port *p, struct sv3_afp *a)
+{
+    int done = 0;
+
+    while (done < p->batch) {
+        struct tpacket2_hdr *h = slot(a->rx, a->slot_size, a->rx_pos);
+        if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+            break;
+        if (rx_slot(p, a, h))
+            break;
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        a->rx_pos = a->rx_pos + 1 == a->rx_slots ? 0 : a->rx_pos + 1;
+        done++;
+    }
+    sv3_publish_all(p);
+    return done;
+}
+
+/* Hand the queued TX slots to the kernel.  A link that went down stops
+ * the uplink at once (rtnetlink tells Python when it is back). */
+static void afp_send(struct sv3_afp *a)
+{
+    if (!a->tx_queued)
+        return;
+    if (sendto(a->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0) {
+        a->tx_queued = 0;
+        return;
+    }
+    a->send_errno = errno;
+    if (errno == ENETDOWN || errno == ENXIO)
+        a->link_up = 0;
+}
+
+/* One ring record into the next free TX slot: 1 = done, 0 = no free slot. */
+static int tx_one(struct sv3_port *p, struct sv3_afp *a, const struct sv3_frame *f)
+{
+    struct tpacket2_hdr *h = slot(a->tx, a->slot_size, a->tx_pos);
+    uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+    struct vnet_hdr vh = { f->flags, f->gso_type, f->hdr_len, f->gso_size, f->csum_start, f->csum_offset };
+    uint8_t *data = (uint8_t *)h + TX_DATA_OFF;
+
+    if (st == TP_STATUS_WRONG_FORMAT)
+        p->ctr->drop_bad_header++;             /* the kernel refused the slot's last frame */
+    else if (st != TP_STATUS_AVAILABLE)
+        return 0;
+    if ((uint64_t)TX_DATA_OFF + VNET_HDR_LEN + f->len > a->slot_size) {
+        p->ctr->drop_oversize++;
+        return 1;
+    }
+    memcpy(data, &vh, VNET_HDR_LEN);
+    memcpy(data + VNET_HDR_LEN, f + 1, f->len);
+    h->tp_len = VNET_HDR_LEN + f->len;
+    __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+    a->tx_pos = a->tx_pos + 1 == a->tx_slots ? 0 : a->tx_pos + 1;
+    a->tx_queued++;
+    p->ctr->tx_frames++;
+    p->ctr->tx_bytes += f->len;
+    return 1;
+}
+
+static int afp_tx(struct sv3_port *p, struct sv3_afp *a)
+{
+    const struct sv3_frame *f;
+    uint32_t i;
+    int done = 0, room = 1;
+
+    if (!a->link_up)
+        return sv3_discard_inbound(p, &p->ctr->drop_link_down);
+    for (i = 0; i < p->nin && room; i++) {
+        while (done < p->batch && (f = sv3_ring_peek(&p->inb[i])) != NULL) {
+            if (!(room = tx_one(p, a, f)))
+                break;                     /* TX ring full: frames wait in the rings */
+            sv3_ring_consume(&p->inb[i], f);
+            done++;
+        }
+        sv3_ring_release(&p->inb[i]);
+    }
+    afp_send(a);
+    return done;
+}
+
+int sv3_afp_run(struct sv3_port *p)
+{
+    struct sv3_afp *a = p->afp;
+    if (!a)
+        return 0;
+    return afp_rx(p, a) + afp_tx(p, a);
+}
+
+/* Before sleeping (the socket's POLLIN wakes us for RX): 1 = work pending. */
+int sv3_afp_arm(struct sv3_port *p)
+{
+    struct sv3_afp *a = p->afp;
+    uint32_t i;
+
+    for (i = 0; i < p->nin; i++)
+        __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
+    sv3_fence();
+    if (a && __atomic_load_n(&slot(a->rx, a->slot_size, a->rx_pos)->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)
+        return 1;
+    for (i = 0; i < p->nin; i++)
+        if (!sv3_ring_empty(&p->inb[i]))
+            return 1;
+    return 0;
+}

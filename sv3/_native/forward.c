@@ -1,0 +1,99 @@
+/* forward.c - what every port kind does with a frame it received: the
+ * forwarding decision (fdb.c), the copy into the destination rings, and
+ * the backpressure rule; and what it does with inbound frames that nobody
+ * can take.  The kinds (port.c vhost, afpacket.c) call only these.
+ *
+ * Copy budget: source buffer -> ring record, once per destination.
+ * Source frames are read-only here.
+ */
+#include "vring.h"
+
+/* Whether to wait for room in a full ring (backpressure: the frame stays
+ * in the guest's TX vring, as vhost-net does when a tap is full) or to drop.
+ * A ring full for SV3_STALL_NS has a stuck consumer (a guest that stopped
+ * taking frames): drop, counted on it, without waiting, until it has
+ * drained to half full (a slow receiver must not hold its senders up). */
+static int wait_for_room(struct sv3_ring_prod *o)
+{
+    uint64_t now;
+    if (o->stalled)
+        return 0;
+    now = sv3_now_ns();
+    if (!o->full_since)
+        o->full_since = now;
+    if (now - o->full_since < SV3_STALL_NS)
+        return 1;
+    o->stalled = 1;
+    return 0;
+}
+
+/* Copy one frame into a ring.  Returns 1 when the caller should keep the
+ * frame and retry later (unicast into a full ring), else 0. */
+static int enqueue(struct sv3_ring_prod *o, const struct sv3_seg *segs, uint32_t nsegs,
+                   uint32_t hdr_len, uint32_t flen, int may_wait)
+{
+    struct sv3_frame *f = sv3_ring_fits(o, flen) ? sv3_ring_reserve(o, flen) : NULL;
+    if (!f) {
+        if (may_wait && sv3_ring_fits(o, flen) && wait_for_room(o))
+            return 1;
+        o->ring->drops++;
+        return 0;
+    }
+    if (o->stalled && sv3_ring_room(o) > (o->mask + 1) / 2)
+        o->stalled = 0;             /* it drains again: worth waiting for next time */
+    o->full_since = 0;
+    memset(f, 0, sizeof *f);
+    f->len = flen;
+    sv3_segs_copy(segs, nsegs, hdr_len, (uint8_t *)(f + 1), flen, 0);
+    sv3_ring_commit(o, flen);
+    return 0;
+}
+
+/* One frame of flen bytes, starting skip bytes into segs, to its
+ * destination(s); eth is a copy of its first 14 bytes.  Counts it as
+ * received.  Returns 1 when the caller must keep the frame and offer it
+ * again later (unicast into a full ring, may_wait set), else 0. */
+int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint32_t skip,
+                uint32_t flen, const uint8_t *eth, int may_wait)
+{
+    uint32_t i;
+    int d = sv3_forward_decision(p, eth, flen, NULL);
+
+    if (d >= 0) {
+        if (enqueue(&p->out[d], segs, nsegs, skip, flen, may_wait))
+            return 1;
+    } else if (d == SV3_FWD_FLOOD) {
+        p->ctr->flood_frames++;
+        for (i = 0; i < p->npeers; i++)
+            enqueue(&p->out[i], segs, nsegs, skip, flen, 0);
+    }
+    p->ctr->rx_frames++;
+    p->ctr->rx_bytes += flen;
+    return 0;
+}
+
+void sv3_publish_all(struct sv3_port *p)
+{
+    uint32_t k;
+    for (k = 0; k < p->npeers; k++)
+        sv3_ring_publish(&p->out[k]);
+}
+
+/* Empty every inbound ring, counting each frame in *reason (the device
+ * cannot take frames: stopped, broken, link down). */
+int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason)
+{
+    const struct sv3_frame *f;
+    uint32_t i;
+    int done = 0;
+
+    for (i = 0; i < p->nin; i++) {
+        while ((f = sv3_ring_peek(&p->inb[i])) != NULL) {
+            (*reason)++;
+            sv3_ring_consume(&p->inb[i], f);
+            done++;
+        }
+        sv3_ring_release(&p->inb[i]);
+    }
+    return done;
+}
