@@ -19,7 +19,7 @@ import time
 
 import posix_ipc
 
-from . import __version__, ipc, port_worker
+from . import __version__, ipc, nic_worker, port_worker, uplink
 from .access import Access
 from ._native import BUILD_MODE, lib
 from .fdb import DEFAULT_AGE, MacTable, fmt_mac
@@ -31,6 +31,8 @@ log = logging.getLogger("sv3.master")
 PUBLISH_GAP_S = 0.01     # at most one snapshot per 10 ms
 MAX_PORTS = lib.SV3_MAX_PEERS + 1   # every port has a ring to every other
 CONTROL_NICE = -5        # the master and handshaking workers, relative to busy workers
+UPLINK_RETRY_S = (1.0, 30.0)   # an uplink worker that exits is started again after 1 s .. 30 s
+UPLINK_STEADY_S = 60.0   # one that ran this long starts again after the shortest delay
 
 
 class Master:
@@ -44,6 +46,7 @@ class Master:
         self.stopping = False
         self.listener = self.ctl = None
         self.published_at, self.publish_due = 0.0, False
+        self.uplink_due = {}     # spec -> (monotonic time to start it, retry delay)
 
     # -- sockets ------------------------------------------------------------
     @staticmethod
@@ -95,6 +98,9 @@ class Master:
         self.sel.register(self.ctl, selectors.EVENT_READ, self.on_ctl)
         log.info("sv3 %s (C core: %s) listening on %s, control on %s.ctl, instance %s",
                  __version__, BUILD_MODE, self.args.socket, self.args.socket, self.instance)
+        for up in self.args.uplink:
+            self.uplink_due[str(up)] = (0.0, UPLINK_RETRY_S[0])
+        self.start_uplinks()
 
     # -- ports --------------------------------------------------------------
     def on_accept(self, _):
@@ -115,7 +121,7 @@ class Master:
             conn.close()
             return
         try:
-            port = self.ports.add(conn, guest_pid, self.run_worker)
+            port = self.ports.add(self.run_worker, conn, guest_pid)
         except Exception as e:
             log.error("cannot attach a port for pid %d: %s", guest_pid, e)
             conn.close()
@@ -124,19 +130,56 @@ class Master:
             conn.close()                   # the worker has its own copy
         log.info("port %d attached: guest pid %d (uid %d), worker pid %d",
                  port.id, guest_pid, uid, port.proc.pid)
+        self.watch(port)
+
+    def watch(self, port):
         self.sel.register(port.chan, selectors.EVENT_READ, lambda _, p=port: self.on_worker(p))
         self.sel.register(port.pidfd, selectors.EVENT_READ, lambda _, p=port: self.remove(p, "worker exited"))
         port.send({"t": "snapshot", "data": snap.encode(self.fdb.gen, self.fdb.view())})
 
+    def worker_args(self, port, fds):
+        a = self.args
+        return ["--chan-fd", str(fds[0]), "--doorbell-fd", str(fds[1]),
+                "--port-id", str(port.id), "--instance", self.instance,
+                "--batch-size", str(a.batch_size), "--poll-us", str(a.poll_us),
+                "--refresh-s", str(max(1.0, a.fdb_age / 4)),
+                "--data-nice", str(a.data_nice), "--log-level", a.log_level]
+
     def run_worker(self, port, fds):
         """In the forked child: become port's worker (sv3.port_worker)."""
-        a = self.args
-        return port_worker.main([
-            "--conn-fd", str(fds[0]), "--chan-fd", str(fds[1]), "--doorbell-fd", str(fds[2]),
-            "--port-id", str(port.id), "--instance", self.instance,
-            "--guest-pid", str(port.guest_pid), "--batch-size", str(a.batch_size),
-            "--poll-us", str(a.poll_us), "--refresh-s", str(max(1.0, a.fdb_age / 4)),
-            "--data-nice", str(a.data_nice), "--log-level", a.log_level])
+        return port_worker.main(self.worker_args(port, fds) + [
+            "--conn-fd", str(fds[2]), "--guest-pid", str(port.guest_pid)])
+
+    def run_nic_worker(self, port, fds):
+        """In the forked child: become the uplink's worker (sv3.nic_worker)."""
+        return nic_worker.main(self.worker_args(port, fds) + ["--uplink", port.label])
+
+    # -- uplinks ------------------------------------------------------------
+    def start_uplinks(self):
+        """Start the uplinks that are due: at start, and again after their
+        worker exited (an interface that went away, a crash)."""
+        now = time.monotonic()
+        for spec, (due, delay) in list(self.uplink_due.items()):
+            if due > now or len(self.ports.by_id) >= MAX_PORTS:
+                continue
+            del self.uplink_due[spec]
+            try:
+                port = self.ports.add(self.run_nic_worker, kind=spec.split(":")[0], label=spec)
+            except Exception as e:
+                log.error("uplink %s: cannot start its worker: %s", spec, e)
+                self.uplink_due[spec] = (now + delay, min(delay * 2, UPLINK_RETRY_S[1]))
+                continue
+            port.started_at, port.retry_delay = now, delay
+            log.info("port %d: uplink %s, worker pid %d", port.id, spec, port.proc.pid)
+            self.watch(port)
+
+    def uplink_exited(self, port):
+        if self.stopping:
+            return
+        ran = time.monotonic() - port.started_at
+        delay = UPLINK_RETRY_S[0] if ran >= UPLINK_STEADY_S else min(port.retry_delay * 2, UPLINK_RETRY_S[1])
+        self.uplink_due[port.label] = (time.monotonic() + delay, delay)
+        log.warning("uplink %s: starting it again in %.0f s", port.label, delay)
 
     def on_worker(self, port):
         if self.ports.by_id.get(port.id) is not port:
@@ -166,7 +209,7 @@ class Master:
             if self.fdb.learn(mac, port.id):
                 changed = True
                 if mac not in port.macs_seen:
-                    log.info("port %d (guest pid %d): learned MAC %s", port.id, port.guest_pid, fmt_mac(mac))
+                    log.info("port %d (%s): learned MAC %s", port.id, port.who(), fmt_mac(mac))
             port.macs_seen.add(mac)
         if changed:
             self.publish()
@@ -174,7 +217,7 @@ class Master:
     def on_state(self, port, msg):
         port.state, port.features = msg["state"], msg.get("features", 0)
         # A broken port's one ERROR line comes from its worker, which knows the vring.
-        log.info("port %d (guest pid %d) is %s (features 0x%x)%s", port.id, port.guest_pid,
+        log.info("port %d (%s) is %s (features 0x%x)%s", port.id, port.who(),
                  port.state, port.features, ": " + msg["reason"] if msg.get("reason") else "")
 
     def remove(self, port, why):
@@ -187,10 +230,13 @@ class Master:
                 pass
         macs = [fmt_mac(m) for m in self.fdb.macs_of(port.id)]
         status = self.ports.remove(port, self.fdb)
-        log.info("port %d detached (guest pid %d, %s, worker %s), MACs flushed: %s",
-                 port.id, port.guest_pid, why, status, ", ".join(macs) or "none")
+        log.info("port %d detached (%s, %s, worker %s), MACs flushed: %s",
+                 port.id, port.who(),
+                 why, status, ", ".join(macs) or "none")
         if self.fdb.flush_port(port.id):
             self.publish()
+        if port.kind != "guest":
+            self.uplink_exited(port)
 
     def publish(self):
         """Send the table now, or once PUBLISH_GAP_S has passed since the
@@ -235,6 +281,9 @@ class Master:
         next_age = time.monotonic() + 1
         while not self.stopping:
             timeout = PUBLISH_GAP_S if self.publish_due else 1.0
+            if self.uplink_due:
+                self.start_uplinks()
+                timeout = min(timeout, 0.2)
             for key, _ in self.sel.select(timeout=timeout):
                 try:
                     key.data(key.fileobj)
@@ -300,8 +349,22 @@ def parse_args(argv=None):
                          "(default %(default)s); a sender waits while its ring is full, so a "
                          "smaller ring costs rate, not frames. Memory is used as traffic "
                          "touches it")
+    ap.add_argument("--uplink", type=_uplink, action="append", default=[], metavar="KIND:TARGET",
+                    help="connect the switch to a network; may be given more than once. "
+                         "af_packet:IFACE: a Linux interface (put in promiscuous mode, used "
+                         "by sv3 alone: give it no address). vfio:PCI-ADDRESS: an Intel 82599 "
+                         "bound to vfio-pci (scripts/vfio-rebind). An uplink whose worker "
+                         "stops (the interface went away) is started again. See docs/uplink.md")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = ap.parse_args(argv)
+    for up in args.uplink:
+        if up.kind == "af_packet":
+            try:
+                socket.if_nametoindex(up.target)
+            except OSError:
+                ap.error("--uplink %s: no interface %s in this network namespace" % (up, up.target))
+    if len({str(u) for u in args.uplink}) != len(args.uplink):
+        ap.error("--uplink: the same uplink is given twice")
     if args.group:
         try:
             grp.getgrnam(args.group)
@@ -319,6 +382,13 @@ def _positive(kind):
             raise argparse.ArgumentTypeError("must be > 0")
         return v
     return conv
+
+
+def _uplink(s):
+    try:
+        return uplink.parse(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _nonneg_int(s):

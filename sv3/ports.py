@@ -1,7 +1,7 @@
 """The master's table of ports: worker processes, their channels, doorbells,
 counter blocks and the full mesh of SPSC rings between them.
 
-Owned by the master.  A port's kind (guest today, NIC later) matters only
+Owned by the master.  A port's kind (a guest, or an uplink) matters only
 to the function its forked worker runs: rings, peers, snapshots and
 counters are the same for every kind, so the forwarding code never knows."""
 import collections
@@ -60,15 +60,22 @@ class Worker:
 
 
 class Port:
-    def __init__(self, port_id, guest_pid):
+    def __init__(self, port_id, guest_pid, kind, label):
         self.id = port_id
         self.guest_pid = guest_pid
+        self.kind = kind             # "guest", or an uplink kind (sv3/uplink)
+        self.label = label           # an uplink's spec, "af_packet:eth1"
+        self.started_at, self.retry_delay = 0.0, 1.0   # uplinks: for the restart back-off
         self.state = states.NEGOTIATING
         self.features = 0
         self.macs_seen = set()
         self.proc = self.chan = self.pidfd = self.block = None
         self.doorbell = -1
         self.ring_drops_gone = 0     # drop_ring_full of rings from detached ports
+
+    def who(self):
+        """What the port connects, for log lines."""
+        return "uplink " + self.label if self.label else "guest pid %d" % self.guest_pid
 
     def send(self, obj, fds=()):
         """Never blocks the master: a worker that stopped reading its
@@ -97,11 +104,12 @@ class PortTable:
         self.gone = collections.deque(maxlen=GONE_KEPT)
         self.next_id = 1
 
-    def add(self, conn, guest_pid, worker_main):
-        """A new port for conn: its counters block, channel and doorbell,
-        a forked worker running worker_main(port, (conn, chan, doorbell)),
-        and rings to every other port."""
-        port = Port(self.next_id, guest_pid)
+    def add(self, worker_main, conn=None, guest_pid=0, kind="guest", label=""):
+        """A new port (a guest's connection conn, or an uplink): its counters
+        block, channel and doorbell, a forked worker running
+        worker_main(port, (chan, doorbell[, conn])), and rings to every
+        other port."""
+        port = Port(self.next_id, guest_pid, kind, label)
         self.next_id += 1
         size = -(-ffi.sizeof("struct sv3_counters") // 4096) * 4096
         port.block = Segment(names.port_block(self.instance, port.id), size, create=True)
@@ -110,7 +118,7 @@ class PortTable:
             port.chan, chan_child = ipc.pair()
             port.chan.setblocking(False)
             port.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            fds = (conn.fileno(), chan_child.fileno(), port.doorbell)
+            fds = (chan_child.fileno(), port.doorbell) + ((conn.fileno(),) if conn else ())
             port.proc = Worker(self._fork(lambda: worker_main(port, fds), fds))
             port.pidfd = os.pidfd_open(port.proc.pid)
         except BaseException:
@@ -224,7 +232,7 @@ class PortTable:
         c["drop_ring_full"] = port.ring_drops_gone + sum(
             ring_drops_of(seg) for (_, dst), seg in self.rings.items() if dst == port.id)
         return {
-            "port": port.id, "kind": "guest", "pid": port.guest_pid,
+            "port": port.id, "kind": port.kind, "uplink": port.label, "pid": port.guest_pid,
             "worker_pid": port.proc.pid, "state": port.state,
             "features": "0x%x" % port.features,
             "macs": [fmt_mac(m) for m in fdb.macs_of(port.id)],
@@ -234,6 +242,7 @@ class PortTable:
             "drops": sum(c[k] for k in DROP_COUNTERS) + c["drop_ring_full"],
             "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
             "breaths": c["breaths"], "wakeups": c["wakeups"], "yields": c["yields"],
+            "sw_checksummed": c["sw_checksummed"], "sw_segmented": c["sw_segmented"],
         }
 
 

@@ -8,6 +8,9 @@ A port's life (the worker reports each change to the master):
     BROKEN --(front-end restarts the rings: GET_VRING_BASE)--> NEGOTIATING
     any --(connection closed / worker exit)--> GONE (master removes the port)
 
+An uplink (sv3/nic_worker.py) is ACTIVE while its link is up and
+LINK_DOWN while it is down (frames for it are dropped and counted).
+
 Forbidden: BROKEN -> ACTIVE directly (a broken ring is never touched again
 until the front-end stops and restarts it).
 """
@@ -15,3 +18,4 @@ NEGOTIATING = "negotiating"
 ACTIVE = "active"
 BROKEN = "broken"
 GONE = "gone"
+LINK_DOWN = "link-down"

@@ -15,12 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Switch:
-    def __init__(self, *extra_args, cpu=None):
+    def __init__(self, *extra_args, cpu=None, netns=None):
         self.dir = tempfile.mkdtemp(prefix="sv3test.")
         self.socket = os.path.join(self.dir, "sv3")
         self.logpath = os.path.join(self.dir, "master.log")
         self.extra = list(extra_args)
         self.cpu = cpu
+        self.netns = netns          # run the master inside this network namespace
         self.proc = None
         self.instance = None
 
@@ -28,6 +29,8 @@ class Switch:
         cmd = [sys.executable, "-m", "sv3.master", "--socket", self.socket] + self.extra
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu)] + cmd
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
         self.logf = open(self.logpath, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT)
