@@ -25,6 +25,7 @@ log = logging.getLogger("sv3.master")
 
 COUNTERS = [name for name, _ in ffi.typeof("struct sv3_counters").fields]
 DROP_COUNTERS = [c for c in COUNTERS if c.startswith("drop_")]
+HW_COUNTERS = [c for c in COUNTERS if c.startswith("hw_")]   # a NIC's own statistics
 GONE_KEPT = 32           # detached ports whose final counters sv3.ctl still shows
 
 
@@ -243,6 +244,7 @@ class PortTable:
             "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
             "breaths": c["breaths"], "wakeups": c["wakeups"], "yields": c["yields"],
             "sw_checksummed": c["sw_checksummed"], "sw_segmented": c["sw_segmented"],
+            "hw": {k[3:]: c[k] for k in HW_COUNTERS} if port.kind == "vfio" else {},
         }
 
 

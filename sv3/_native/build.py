@@ -10,7 +10,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["ring.c", "fdb.c", "vring.c", "forward.c", "port.c", "afpacket.c", "offload.c", "sys.c"]
+SOURCES = ["ring.c", "fdb.c", "vring.c", "forward.c", "port.c", "afpacket.c", "ixgbe.c", "offload.c", "sys.c"]
 
 
 def _cdef_text():

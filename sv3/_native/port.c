@@ -264,6 +264,8 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
     for (b = 0; b < max_breaths; b++) {
         if (p->kind == SV3_KIND_AF_PACKET)
             work = sv3_afp_run(p);
+        else if (p->kind == SV3_KIND_IXGBE)
+            work = sv3_ixgbe_run(p);
         else
             work = sv3_tx_vring(p, &p->vr[1]) + sv3_rx_vring(p, &p->vr[0]);
         p->ctr->breaths++;
@@ -339,6 +341,8 @@ int sv3_port_arm(struct sv3_port *p)
 
     if (p->kind == SV3_KIND_AF_PACKET)
         return sv3_afp_arm(p);
+    if (p->kind == SV3_KIND_IXGBE)
+        return sv3_ixgbe_arm(p);
     if (!p->rx_starved || p->broken)   /* broken: frames still come, to be discarded */
         for (i = 0; i < p->nin; i++)
             __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);

@@ -126,12 +126,19 @@ struct sv3_counters {
     uint64_t drop_link_down;    /* uplink: frames for a link that is down */
     uint64_t sw_checksummed;    /* frames whose checksum sv3 completed (offload.c) */
     uint64_t sw_segmented;      /* GSO frames sv3 segmented in software */
+    uint64_t hw_rx_frames;      /* an uplink NIC's own statistics registers, */
+    uint64_t hw_rx_bytes;       /* accumulated by its worker (82599: GPRC, */
+    uint64_t hw_tx_frames;      /* GORC, GPTC, GOTC, MPC, CRCERRS) */
+    uint64_t hw_tx_bytes;
+    uint64_t hw_rx_missed;
+    uint64_t hw_crc_errors;
 };
 
 /* Port kinds: which device a worker's sv3_port_run() drives.  Rings,
  * forwarding, learning and counters are the same for every kind. */
 #define SV3_KIND_VHOST 0         /* a guest's virtio-net over vhost-user */
 #define SV3_KIND_AF_PACKET 1     /* a Linux interface, packet(7) TPACKET_V2 rings */
+#define SV3_KIND_IXGBE 2         /* an Intel 82599 through VFIO */
 
 /* An AF_PACKET uplink (afpacket.c; set up by sv3/uplink/afpacket.py).
  * Both rings use slots of slot_size bytes: struct tpacket2_hdr, then
@@ -152,6 +159,27 @@ struct sv3_afp {
     uint8_t *scratch;       /* SV3_AFP_SCRATCH bytes (re-tagged frame, segments) */
 };
 #define SV3_AFP_SCRATCH 262144
+
+/* The 82599's queue 0 as the data path sees it (ixgbe.c; set up by
+ * sv3/uplink/ixgbe.py).  Advanced descriptors, 16 bytes (datasheet 7.1.6,
+ * 7.2.3).  Descriptor i always carries buffer i of its ring's buffers. */
+struct sv3_ixgbe {
+    uint8_t *bar;           /* BAR0: the data path writes RDT and TDT only */
+    uint8_t *rx_ring;       /* rx_num descriptors */
+    uint8_t *rx_bufs;       /* rx_num buffers of buf_size */
+    uint64_t rx_bufs_iova;
+    uint32_t rx_num;
+    uint32_t rx_next;       /* next descriptor to look at (DD) */
+    uint8_t *tx_ring;
+    uint8_t *tx_bufs;
+    uint64_t tx_bufs_iova;
+    uint32_t *tx_head_wb;   /* TDWBAL head write-back word */
+    uint32_t tx_num;
+    uint32_t tx_tail;       /* next descriptor to fill (TDT after a batch) */
+    uint32_t buf_size;
+    uint8_t link_up;        /* written by Python (LINKS, datasheet 8.2.3.22.20) */
+    uint8_t _pad[3];
+};
 
 /* Broken reasons (sv3_port.broken), named for the log line. */
 #define SV3_BROKEN_NONE 0
@@ -203,6 +231,7 @@ struct sv3_port {
     uint8_t kind;                   /* SV3_KIND_* */
     uint8_t _pad_kind[7];
     struct sv3_afp *afp;            /* SV3_KIND_AF_PACKET */
+    struct sv3_ixgbe *nic;          /* SV3_KIND_IXGBE */
 };
 
 /* ring.c */
@@ -245,3 +274,5 @@ int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *
 void *sv3_map_fd(int fd, uint64_t len);
 int sv3_unmap(void *addr, uint64_t len);
 int sv3_set_pdeathsig(int sig);
+uint32_t sv3_mmio_read32(void *bar, uint32_t off);
+void sv3_mmio_write32(void *bar, uint32_t off, uint32_t v);

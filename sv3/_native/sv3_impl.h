@@ -52,6 +52,10 @@ int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason);
 int sv3_afp_run(struct sv3_port *p);
 int sv3_afp_arm(struct sv3_port *p);
 
+/* ixgbe.c */
+int sv3_ixgbe_run(struct sv3_port *p);
+int sv3_ixgbe_arm(struct sv3_port *p);
+
 /* ring.c internals used by port.c */
 int sv3_ring_fits(const struct sv3_ring_prod *p, uint32_t len);
 uint64_t sv3_ring_room(struct sv3_ring_prod *p);

@@ -20,3 +20,14 @@ int sv3_set_pdeathsig(int sig)
 {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0);
 }
+
+/* One 32-bit device register access (a BAR mapping; never split). */
+uint32_t sv3_mmio_read32(void *bar, uint32_t off)
+{
+    return *(volatile uint32_t *)((uint8_t *)bar + off);
+}
+
+void sv3_mmio_write32(void *bar, uint32_t off, uint32_t v)
+{
+    *(volatile uint32_t *)((uint8_t *)bar + off) = v;
+}

@@ -15,13 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Switch:
-    def __init__(self, *extra_args, cpu=None, netns=None):
+    def __init__(self, *extra_args, cpu=None, netns=None, env=None):
         self.dir = tempfile.mkdtemp(prefix="sv3test.")
         self.socket = os.path.join(self.dir, "sv3")
         self.logpath = os.path.join(self.dir, "master.log")
         self.extra = list(extra_args)
         self.cpu = cpu
         self.netns = netns          # run the master inside this network namespace
+        self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.instance = None
 
@@ -33,7 +34,7 @@ class Switch:
             cmd = ["ip", "netns", "exec", self.netns] + cmd
         self.logf = open(self.logpath, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+                                     stdin=subprocess.DEVNULL, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(r"instance (sv3\.\d+\.[0-9a-f]+)", self.log())
