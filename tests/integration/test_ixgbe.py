@@ -149,3 +149,36 @@ def wait_seqs_above(fe, mark, n, timeout):
     while len(seqs) < n and time.monotonic() < deadline:
         seqs += [s for s in (int.from_bytes(f[14:18], "big") for f in fe.recv_frames(1, 0.2)) if s > mark]
     return seqs
+
+
+@pytest.mark.guest
+def test_qemu_guest_pings_a_host_on_the_modelled_wire(nic_switch, model):
+    """A real guest pings 10.55.0.9, a host (tests/fakes/wire_host.py) on
+    the far side of the modelled 82599: ARP and ICMP both ways through the
+    master's forwarding, the uplink worker and the driver."""
+    from tests.helpers.guest import Guest, ensure_guest_image, ensure_qemu, ping_cmd
+    ensure_qemu()
+    ensure_guest_image()
+    host = WireHost("02:00:00:00:00:09", "10.55.0.9")
+    stop = threading.Event()
+
+    def wire():
+        while not stop.is_set():
+            for f in model.wait_sent(1, 0.2):
+                for reply in host.handle(f):
+                    model.inject(reply)
+    t = threading.Thread(target=wire)
+    t.start()
+    try:
+        g = Guest("g1", "52:54:00:55:00:01", nic_switch.socket, "10.55.0.1/24", cmd=ping_cmd("10.55.0.9"))
+        with g:
+            g.start()
+            r = g.wait()
+    finally:
+        stop.set()
+        t.join()
+    info = "%s\n%s" % (r.tail(30), nic_switch.log()[-3000:])
+    ping = r.find("ping")
+    assert r.exit_code == 0 and ping and int(ping["received"]) >= 20, info
+    assert host.bad_checksums == 0, info
+    print("guest <-> modelled wire: %s/%s pings, rtt %s ms" % (ping["received"], ping["sent"], ping["rtt_avg"]))
