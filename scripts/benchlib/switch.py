@@ -23,13 +23,14 @@ class Sv3Switch:
     """python -m sv3.master pinned with taskset, under coreutils timeout."""
 
     def __init__(self, sock: str, workdir: str, *, cpus: str, extra_args,
-                 max_seconds: float, start_timeout: float, env: dict):
+                 max_seconds: float, start_timeout: float, env: dict, netns: str | None = None):
         self.sock = sock
         self.cpus = cpus
         self.extra_args = list(extra_args)
         self.max_seconds = max_seconds
         self.start_timeout = start_timeout
         self.env = env
+        self.netns = netns      # run inside this network namespace (uplink benchmarks)
         self.log_path = os.path.join(workdir, Path(sock).stem + ".log")
         self.proc = None
         self.pid = None  # the master itself (child of `timeout`)
@@ -37,7 +38,8 @@ class Sv3Switch:
         self._log = None
 
     def command(self) -> list[str]:
-        return ([sys.executable, "-m", "sv3.master", "--socket", self.sock]
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return (prefix + [sys.executable, "-m", "sv3.master", "--socket", self.sock]
                 + self.extra_args)
 
     def start(self):
@@ -150,3 +152,14 @@ class Sv3Switch:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+def sv3_env() -> dict:
+    """Environment for sv3: add the repo to PYTHONPATH only if sv3 is not installed."""
+    env = dict(os.environ)
+    r = subprocess.run([sys.executable, "-c", "import sv3"], cwd="/",
+                       capture_output=True, timeout=60, env=env)
+    if r.returncode != 0:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env

@@ -47,6 +47,7 @@ __all__ = [
     "LoopGenerator",
     "port_macs",
     "RefSwitch",
+    "RawTestpmd",
     "ensure_hugepages",
     "hugepages_total",
     "parse_rates",
@@ -664,3 +665,50 @@ class RefSwitch(_Testpmd):
                 except OSError:
                     pass
         self._created = []
+
+
+class RawTestpmd(_Testpmd):
+    """Any other testpmd set-up: the given ``vdevs`` (each a --vdev value)
+    and application ``args`` (after ``--``), optionally inside network
+    namespace ``netns`` (for net_af_packet on a namespace's interface).
+    Always ``--no-pci``; stats every second (``rates()`` reads them)."""
+
+    kind = "raw"
+
+    def __init__(self, vdevs, args, *, netns: str | None = None, lcores: str = "(0-1)@(1)",
+                 hugepages: bool = False, socket_mem: int = 128, no_huge_mem: int = 256,
+                 cpus: str | None = None, workdir: str | None = None,
+                 file_prefix: str | None = None, max_seconds: float = 300,
+                 testpmd: str | None = None):
+        self.vdevs, self.args, self.netns = list(vdevs), list(args), netns
+        super().__init__(
+            lcores=lcores, hugepages=hugepages, socket_mem=socket_mem,
+            no_huge_mem=no_huge_mem, single_file_segments=True, cpus=cpus,
+            workdir=workdir, file_prefix=file_prefix, max_seconds=max_seconds,
+            testpmd=testpmd)
+
+    def _vdev_args(self) -> list[str]:
+        return [a for v in self.vdevs for a in ("--vdev", v)]
+
+    def _app_args(self) -> list[str]:
+        return ["--stats-period", "1"] + self.args
+
+    def command(self) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return prefix + super().command()
+
+    def wait_started(self, timeout: float = 30.0) -> float:
+        return self._wait_for(lambda t: _STATS_MARK in t, timeout, "waiting for forwarding")
+
+    def rates(self, nports: int, seconds: int) -> list[float]:
+        """The next ``seconds`` per-second Rx rates (Mpps, all ports)."""
+        skip = len(parse_rates(self.log_text(), nports))
+        deadline = time.monotonic() + seconds + 15
+        while True:
+            got = parse_rates(self.log_text(), nports)[skip:]
+            if len(got) >= seconds:
+                return got[:seconds]
+            self._check_alive("measuring rates")
+            if time.monotonic() > deadline:
+                raise TestpmdError(f"only {len(got)} stats periods; log {self.log_path}")
+            time.sleep(0.2)

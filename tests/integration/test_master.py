@@ -101,7 +101,7 @@ def test_master_death_takes_workers_along():
 def test_help_explains_options():
     out = subprocess.run([sys.executable, "-m", "sv3.master", "--help"], capture_output=True,
                          text=True, timeout=20, cwd=ROOT).stdout
-    for word in ("--socket", "/tmp/sv3", "--fdb-age", "--poll-us", "vhost-user", "sv3.ctl"):
+    for word in ("--socket", "/tmp/sv3", "--fdb-age", "--poll-us", "vhost-user", "sv3.ctl", "--uplink"):
         assert word in out
     bad = subprocess.run([sys.executable, "-m", "sv3.master", "--batch-size", "0"],
                          capture_output=True, text=True, timeout=20, cwd=ROOT)
