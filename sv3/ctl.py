@@ -2,7 +2,7 @@
 
 Talks to the master over <socket>.ctl: one JSON request, one JSON reply.
 Counters use the switch port's view: rx = frames the switch received from
-the port's guest, tx = frames it sent to the guest."""
+the port's guest (or an uplink's network), tx = frames it sent to it."""
 import argparse
 import json
 import socket
@@ -27,12 +27,12 @@ def query(sock_path, cmd, timeout=5.0, **opts):
 
 
 def print_ports(rows):
-    print("%-5s %-8s %-11s %-8s %-18s %12s %14s %12s %14s %8s" % (
-        "PORT", "PID", "STATE", "FEATURES", "MACS", "RX_FRAMES", "RX_BYTES",
+    print("%-5s %-22s %-11s %-8s %-18s %12s %14s %12s %14s %8s" % (
+        "PORT", "GUEST PID / UPLINK", "STATE", "FEATURES", "MACS", "RX_FRAMES", "RX_BYTES",
         "TX_FRAMES", "TX_BYTES", "DROPS"))
     for r in rows:
-        print("%-5d %-8d %-11s %-8s %-18s %12d %14d %12d %14d %8d" % (
-            r["port"], r["pid"], r["state"], r["features"], ",".join(r["macs"]) or "-",
+        print("%-5d %-22s %-11s %-8s %-18s %12d %14d %12d %14d %8d" % (
+            r["port"], r.get("uplink") or r["pid"], r["state"], r["features"], ",".join(r["macs"]) or "-",
             r["rx_frames"], r["rx_bytes"], r["tx_frames"], r["tx_bytes"], r["drops"]))
 
 

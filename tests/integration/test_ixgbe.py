@@ -182,3 +182,29 @@ def test_qemu_guest_pings_a_host_on_the_modelled_wire(nic_switch, model):
     assert r.exit_code == 0 and ping and int(ping["received"]) >= 20, info
     assert host.bad_checksums == 0, info
     print("guest <-> modelled wire: %s/%s pings, rtt %s ms" % (ping["received"], ping["sent"], ping["rtt_avg"]))
+
+
+@pytest.mark.parametrize("device_id,accepted", [(0x10FB, True), (0x1557, True), (0x151C, True),
+                                                (0x10ED, False), (0x1528, False)])
+def test_device_ids(tmp_path, monkeypatch, device_id, accepted):
+    """Every 82599 physical function is driven; virtual functions and other
+    chips are refused with a reason, and nothing is left mapped."""
+    from sv3.uplink import ixgbe
+    path = str(tmp_path / "model.sock")
+    monkeypatch.setenv("SV3_VFIO_MODEL", path)
+    with m.Ixgbe82599Model(path, device_id=device_id) as dev:
+        if accepted:
+            nic = ixgbe.Ixgbe82599(PCI)
+            try:
+                nic.init()
+                assert nic.link_up() and "(%04x)" % device_id in nic.model
+            finally:
+                nic.shutdown()
+                nic.close()
+        else:
+            with pytest.raises(ixgbe.DeviceError, match="virtual function|not an Intel 82599"):
+                ixgbe.Ixgbe82599(PCI)
+        deadline = time.monotonic() + 2
+        while dev.dma_mappings() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dev.dma_mappings() == [] and dev.errors == [], dev.errors
