@@ -215,15 +215,9 @@ int sv3_afp_run(struct sv3_port *p)
 int sv3_afp_arm(struct sv3_port *p)
 {
     struct sv3_afp *a = p->afp;
-    uint32_t i;
 
-    for (i = 0; i < p->nin; i++)
-        __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
-    sv3_fence();
-    if (a && __atomic_load_n(&slot(a->rx, a->slot_size, a->rx_pos)->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)
+    if (sv3_inbound_arm(p))
         return 1;
-    for (i = 0; i < p->nin; i++)
-        if (!sv3_ring_empty(&p->inb[i]))
-            return 1;
-    return 0;
+    return a && (__atomic_load_n(&slot(a->rx, a->slot_size, a->rx_pos)->tp_status, __ATOMIC_ACQUIRE) &
+                 TP_STATUS_USER);
 }

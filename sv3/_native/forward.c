@@ -97,3 +97,19 @@ int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason)
     }
     return done;
 }
+
+/* Before sleeping: ask every inbound ring's producer for a doorbell, then
+ * look again (a frame that raced the request is seen here; the caller then
+ * looks at its device, after this fence).  1 = frames are waiting. */
+int sv3_inbound_arm(struct sv3_port *p)
+{
+    uint32_t i;
+
+    for (i = 0; i < p->nin; i++)
+        __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
+    sv3_fence();
+    for (i = 0; i < p->nin; i++)
+        if (!sv3_ring_empty(&p->inb[i]))
+            return 1;
+    return 0;
+}

@@ -170,15 +170,8 @@ int sv3_ixgbe_run(struct sv3_port *p)
 int sv3_ixgbe_arm(struct sv3_port *p)
 {
     struct sv3_ixgbe *n = p->nic;
-    uint32_t i;
 
-    for (i = 0; i < p->nin; i++)
-        __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
-    sv3_fence();
-    if (n && (__atomic_load_n(&rx_desc(n, n->rx_next)->q1, __ATOMIC_ACQUIRE) & RXD_STAT_DD))
+    if (sv3_inbound_arm(p))
         return 1;
-    for (i = 0; i < p->nin; i++)
-        if (!sv3_ring_empty(&p->inb[i]))
-            return 1;
-    return 0;
+    return n && (__atomic_load_n(&rx_desc(n, n->rx_next)->q1, __ATOMIC_ACQUIRE) & RXD_STAT_DD);
 }

@@ -47,6 +47,7 @@ int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, 
                 uint32_t flen, const uint8_t *eth, int may_wait);
 void sv3_publish_all(struct sv3_port *p);
 int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason);
+int sv3_inbound_arm(struct sv3_port *p);
 
 /* afpacket.c */
 int sv3_afp_run(struct sv3_port *p);

@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 
+from .procs import stop_session
+
 PEER_IP = "10.55.0.9"
 PEER_IP6 = "fd55::9"
 
@@ -75,21 +77,7 @@ class VethPair:
 
     def __exit__(self, *exc):
         for p in self.procs:
-            stop_group(p)
+            stop_session(p, signal.SIGINT)
         for ns in (self.sw, self.peer):
             ip("netns", "del", ns, check=False)
 
-
-def stop_group(proc, timeout=5):
-    """SIGINT to the process group proc leads (popen made it), then SIGKILL."""
-    for sig in (signal.SIGINT, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
