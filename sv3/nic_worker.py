@@ -31,6 +31,8 @@ class DeviceGone(Exception):
 
 class AfPacketDevice:
     kind = lib.SV3_KIND_AF_PACKET
+    # The kernel gives and takes every offload in virtio-net headers.
+    offloads = lib.SV3_ACCEPT_CSUM | lib.SV3_ACCEPT_TSO4 | lib.SV3_ACCEPT_TSO6 | lib.SV3_ACCEPT_ECN
 
     def __init__(self, target):
         self.target = target
@@ -88,6 +90,7 @@ class AfPacketDevice:
 
 class Ixgbe82599Device:
     kind = lib.SV3_KIND_IXGBE
+    offloads = 0            # no TX offloads programmed, no RX metadata
 
     def __init__(self, target):
         from .uplink import ixgbe
@@ -150,6 +153,7 @@ class NicWorker(DataWorker):
         self.uplink, self.dev = uplink, dev
         self.name = "uplink %s (port %d)" % (uplink, args.port_id)
         dev.attach(self.port)
+        self.port.host_offloads = self.port.guest_offloads = dev.offloads
         self.next_stats = 0.0
         self.log.info("%s: %s, link %s", self.name, dev.describe(),
                       "up" if dev.state.link_up else "down")

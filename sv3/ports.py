@@ -243,6 +243,7 @@ class PortTable:
             "drops": sum(c[k] for k in DROP_COUNTERS) + c["drop_ring_full"],
             "drop_detail": {k: c[k] for k in DROP_COUNTERS + ["drop_ring_full"] if c[k]},
             "breaths": c["breaths"], "wakeups": c["wakeups"], "yields": c["yields"],
+            "offload_frames": c["offload_frames"],
             "sw_checksummed": c["sw_checksummed"], "sw_segmented": c["sw_segmented"],
             "hw": {k[3:]: c[k] for k in HW_COUNTERS} if port.kind == "vfio" else {},
         }

@@ -55,6 +55,9 @@ class DataWorker:
         self.port.port_id = args.port_id
         self.port.kind = kind
         self.port.batch = args.batch_size
+        self.scratch = ffi.new("uint8_t[]", lib.SV3_SCRATCH_BYTES)   # the offload slow path
+        self.port.scratch = self.scratch
+        self.accepts = None      # guest_offloads last written into the inbound rings
         self.block = Segment(names.port_block(args.instance, args.port_id))
         self.port.ctr = self.block.cast("struct sv3_counters *")
         self.peers = {}
@@ -125,6 +128,17 @@ class DataWorker:
             lib.sv3_ring_cons_attach(ffi.addressof(p.inb[i]),
                                      peer.in_seg.cast("struct sv3_ring *"))
         p.npeers = p.nin = len(self.peers)
+        self.accepts = None
+        self.publish_accepts()
+
+    def publish_accepts(self):
+        """Tell every sender what offload metadata this port takes as it is
+        (sv3_ring.accepts, the consumer's line): they complete or segment
+        the rest.  Between breaths, whenever it changed."""
+        if self.accepts != self.port.guest_offloads:
+            self.accepts = self.port.guest_offloads
+            for peer in self.peers.values():
+                peer.in_seg.cast("struct sv3_ring *").accepts = self.accepts
 
     # -- reports to the master ---------------------------------------------
     def report(self):
@@ -139,6 +153,7 @@ class DataWorker:
                 except BlockingIOError:
                     pass            # the master is behind: sources recur, report later
             p.nlearn = 0
+        self.publish_accepts()
         self.report_state()
 
     def report_state(self):

@@ -3,8 +3,9 @@
  * packet(7) with TPACKET_V2 rings and PACKET_VNET_HDR: every slot is a
  * struct tpacket2_hdr, a virtio_net_hdr, then the frame.  The kernel hands
  * us GSO frames and frames with a partial checksum (a veth peer, GRO):
- * they are segmented or completed here (offload.c), since the other ports
- * do not take offloads yet.  sv3/uplink/afpacket.py sets the socket up.
+ * their metadata travels with them; a receiver that does not take it gets
+ * them segmented or completed (forward.c), and the kernel takes every kind
+ * on TX.  sv3/uplink/afpacket.py sets the socket up.
  *
  * Copy budget: RX slot -> ring record (1 per destination); ring record ->
  * TX slot (1).  One send() per breath flushes the TX ring.
@@ -28,14 +29,14 @@ static struct tpacket2_hdr *slot(uint8_t *ring, uint32_t size, uint32_t i)
     return (struct tpacket2_hdr *)(ring + (size_t)size * i);
 }
 
-static int forward_buf(struct sv3_port *p, uint8_t *frame, uint32_t len, int may_wait)
+static int forward_buf(struct sv3_port *p, uint8_t *frame, uint32_t len, const struct sv3_frame *meta)
 {
     struct sv3_seg seg = { frame, len };
     if (len < 14) {
         p->ctr->drop_runt++;
         return 0;
     }
-    return sv3_forward(p, &seg, 1, 0, len, frame, may_wait);
+    return sv3_forward(p, &seg, 1, 0, len, frame, meta, 1);
 }
 
 /* The kernel took the VLAN tag out of the frame (hardware offload or a
@@ -46,7 +47,7 @@ static uint8_t *retag(struct sv3_afp *a, const struct tpacket2_hdr *h, const uin
     uint8_t *out = a->scratch;
     uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : ETH_P_8021Q;
 
-    if (*len < 12 || *len + 4 > SV3_AFP_SCRATCH / 4)
+    if (*len < 12 || *len + 4 > SV3_AFP_SCRATCH)
         return NULL;
     memcpy(out, eth, 12);
     out[12] = (uint8_t)(tpid >> 8);
@@ -55,37 +56,11 @@ static uint8_t *retag(struct sv3_afp *a, const struct tpacket2_hdr *h, const uin
     out[15] = (uint8_t)h->tp_vlan_tci;
     memcpy(out + 16, eth + 12, *len - 12);
     *len += 4;
-    if (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)
+    if (vh->flags & SV3_NET_HDR_F_NEEDS_CSUM)
         vh->csum_start += 4;
+    if (vh->hdr_len)
+        vh->hdr_len += 4;
     return out;
-}
-
-/* One GSO frame as the segments a non-GSO receiver takes; never waits
- * (a segment half way cannot be offered again). */
-static void forward_segments(struct sv3_port *p, struct sv3_afp *a, const uint8_t *frame,
-                             uint32_t len, const struct vnet_hdr *vh)
-{
-    static uint32_t lens[SV3_GSO_MAX_SEGS];
-    struct sv3_frame meta = {0};
-    uint8_t *out = a->scratch + SV3_AFP_SCRATCH / 4;
-    int n, k;
-
-    meta.flags = vh->flags;
-    meta.gso_type = vh->gso_type;
-    meta.gso_size = vh->gso_size;
-    meta.csum_start = vh->csum_start;
-    meta.csum_offset = vh->csum_offset;
-    meta.hdr_len = vh->hdr_len;
-    n = sv3_gso_segment(frame, len, &meta, out, SV3_AFP_SCRATCH * 3 / 4, lens, SV3_GSO_MAX_SEGS);
-    if (n < 0) {
-        p->ctr->drop_bad_header++;
-        return;
-    }
-    p->ctr->sw_segmented++;
-    for (k = 0; k < n; k++) {
-        forward_buf(p, out, lens[k], 0);
-        out += lens[k];
-    }
 }
 
 /* One received slot.  Returns 1 to keep it (its ring is full for now). */
@@ -93,6 +68,7 @@ static int rx_slot(struct sv3_port *p, struct sv3_afp *a, struct tpacket2_hdr *h
 {
     uint8_t *frame = (uint8_t *)h + h->tp_mac;
     uint32_t len = h->tp_snaplen;
+    struct sv3_frame meta = {0};
     struct vnet_hdr vh;
 
     if (h->tp_mac < TX_DATA_OFF + VNET_HDR_LEN || (uint64_t)h->tp_mac + len > a->slot_size ||
@@ -108,18 +84,19 @@ static int rx_slot(struct sv3_port *p, struct sv3_afp *a, struct tpacket2_hdr *h
             return 0;
         }
     }
-    if (vh.gso_type != 0) {
-        forward_segments(p, a, frame, len, &vh);
+    meta.flags = vh.flags;
+    meta.gso_type = vh.gso_type;
+    meta.hdr_len = vh.hdr_len;
+    meta.gso_size = vh.gso_size;
+    meta.csum_start = vh.csum_start;
+    meta.csum_offset = vh.csum_offset;
+    if (sv3_offload_check(p, &meta, len)) {
+        p->ctr->drop_bad_header++;                 /* e.g. UDP GSO: not taken */
         return 0;
     }
-    if (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
-        if (sv3_csum_complete(frame, len, vh.csum_start, vh.csum_offset)) {
-            p->ctr->drop_bad_header++;
-            return 0;
-        }
-        p->ctr->sw_checksummed++;
-    }
-    return forward_buf(p, frame, len, 1);
+    if (meta.flags & SV3_NET_HDR_F_NEEDS_CSUM || meta.gso_type)
+        p->ctr->offload_frames++;
+    return forward_buf(p, frame, len, &meta);
 }
 
 static int afp_rx(struct sv3_port *p, struct sv3_afp *a)
@@ -160,7 +137,8 @@ static int tx_one(struct sv3_port *p, struct sv3_afp *a, const struct sv3_frame 
 {
     struct tpacket2_hdr *h = slot(a->tx, a->slot_size, a->tx_pos);
     uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
-    struct vnet_hdr vh = { f->flags, f->gso_type, f->hdr_len, f->gso_size, f->csum_start, f->csum_offset };
+    struct vnet_hdr vh = { f->flags & SV3_NET_HDR_F_NEEDS_CSUM, f->gso_type, f->hdr_len, f->gso_size,
+                           f->csum_start, f->csum_offset };
     uint8_t *data = (uint8_t *)h + TX_DATA_OFF;
 
     if (st == TP_STATUS_WRONG_FORMAT)

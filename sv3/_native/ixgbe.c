@@ -79,6 +79,7 @@ static int rx_gather(struct sv3_ixgbe *n, struct sv3_seg *segs, uint32_t *total)
 
 static int ixgbe_rx(struct sv3_port *p, struct sv3_ixgbe *n)
 {
+    static const struct sv3_frame plain;          /* no offload metadata from this NIC */
     struct sv3_seg segs[SV3_MAX_SEGS];
     uint8_t eth[14];
     uint32_t total, k;
@@ -92,7 +93,7 @@ static int ixgbe_rx(struct sv3_port *p, struct sv3_ixgbe *n)
                 p->ctr->drop_runt++;
         } else {
             sv3_segs_copy(segs, (uint32_t)nd, 0, eth, 14, 0);
-            if (sv3_forward(p, segs, (uint32_t)nd, 0, total, eth, 1))
+            if (sv3_forward(p, segs, (uint32_t)nd, 0, total, eth, &plain, 1))
                 break;                                /* its ring is full: stays in the NIC ring */
         }
         nd = nd < 0 ? -nd : nd;

@@ -294,3 +294,46 @@ int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *
     }
     return (int)nseg;
 }
+
+/* What a frame's metadata asks of its receiver (SV3_ACCEPT_* bits). */
+uint8_t sv3_offload_needs(const struct sv3_frame *m)
+{
+    uint8_t type = m->gso_type & ~SV3_NET_HDR_GSO_ECN, n = 0;
+
+    if (m->flags & SV3_NET_HDR_F_NEEDS_CSUM)
+        n |= SV3_ACCEPT_CSUM;
+    if (type == SV3_NET_HDR_GSO_TCPV4)
+        n |= SV3_ACCEPT_TSO4;
+    else if (type == SV3_NET_HDR_GSO_TCPV6)
+        n |= SV3_ACCEPT_TSO6;
+    if (m->gso_type & SV3_NET_HDR_GSO_ECN)
+        n |= SV3_ACCEPT_ECN;
+    return n;
+}
+
+/* A virtio-net header from a guest or the kernel (virtio 1.1 5.1.6.2), for
+ * a frame of flen bytes: clear the fields that do not apply; refuse what the
+ * port did not negotiate (p->host_offloads) and what cannot be right (a
+ * checksum field past the end, a GSO type other than TCP, GSO without
+ * NEEDS_CSUM or with gso_size 0).  0 = usable, SV3_OFFLOAD_BAD = drop. */
+int sv3_offload_check(const struct sv3_port *p, struct sv3_frame *m, uint32_t flen)
+{
+    uint8_t type = m->gso_type & ~SV3_NET_HDR_GSO_ECN;
+
+    m->flags &= SV3_NET_HDR_F_NEEDS_CSUM | SV3_NET_HDR_F_DATA_VALID;
+    if (m->flags & SV3_NET_HDR_F_NEEDS_CSUM) {
+        if ((uint64_t)m->csum_start + m->csum_offset + 2 > flen)
+            return SV3_OFFLOAD_BAD;
+        m->flags = SV3_NET_HDR_F_NEEDS_CSUM;
+    } else {
+        m->csum_start = m->csum_offset = 0;
+    }
+    if (m->gso_type == 0)
+        m->gso_size = m->hdr_len = 0;
+    else if ((type != SV3_NET_HDR_GSO_TCPV4 && type != SV3_NET_HDR_GSO_TCPV6) ||
+             !(m->flags & SV3_NET_HDR_F_NEEDS_CSUM) || m->gso_size == 0)
+        return SV3_OFFLOAD_BAD;
+    if (sv3_offload_needs(m) & ~p->host_offloads)
+        return SV3_OFFLOAD_BAD;
+    return 0;
+}

@@ -27,7 +27,8 @@ static void broke(struct sv3_port *p, uint32_t vring, int reason)
 static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint64_t total)
 {
     uint8_t hdr[12 + 14];
-    uint32_t hl = p->hdr_len;
+    struct sv3_frame meta = {0};
+    uint32_t hl = p->hdr_len, flen;
 
     if (total < hl + 14) {
         p->ctr->drop_runt++;
@@ -37,12 +38,24 @@ static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_
         p->ctr->drop_oversize++;
         return 0;
     }
+    flen = (uint32_t)(total - hl);
     sv3_segs_copy(segs, nsegs, 0, hdr, hl + 14, 0);
-    if ((hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM) || hdr[1] != 0) {
-        p->ctr->drop_bad_header++;   /* no CSUM/HOST_TSO offered (yet) */
+    meta.gso_type = hdr[1];
+    meta.flags = hdr[0] & SV3_NET_HDR_F_NEEDS_CSUM;  /* DATA_VALID is for the device to say */
+    if (!meta.flags && !meta.gso_type)
+        return sv3_forward(p, segs, nsegs, hl, flen, hdr + hl, &meta, 1);
+    meta.hdr_len = le16(hdr + 2);
+    meta.gso_size = le16(hdr + 4);
+    meta.csum_start = le16(hdr + 6);
+    meta.csum_offset = le16(hdr + 8);
+    if (sv3_offload_check(p, &meta, flen)) {
+        p->ctr->drop_bad_header++;
         return 0;
     }
-    return sv3_forward(p, segs, nsegs, hl, (uint32_t)(total - hl), hdr + hl, 1);
+    if (sv3_forward(p, segs, nsegs, hl, flen, hdr + hl, &meta, 1))
+        return 1;
+    p->ctr->offload_frames++;
+    return 0;
 }
 
 /* One guest TX chain, walked one frame ahead of its forwarding so that the
@@ -160,16 +173,38 @@ static int gather_rx(struct sv3_port *p, struct sv3_vring *vr, uint16_t avail, u
     return (int)k;
 }
 
+/* Whether the guest takes a frame's metadata.  The sender looked at what
+ * this port accepts (sv3_ring.accepts), but the guest may have negotiated
+ * less since (a driver reload): a partial checksum is completed here, in
+ * the ring record this port owns; a GSO frame is dropped. */
+static int guest_takes(struct sv3_port *p, struct sv3_frame *f)
+{
+    if (!(sv3_offload_needs(f) & ~p->guest_offloads))
+        return 1;
+    if (f->gso_type || sv3_csum_complete((uint8_t *)(f + 1), f->len, f->csum_start, f->csum_offset))
+        return 0;
+    f->flags = SV3_NET_HDR_F_DATA_VALID;
+    p->ctr->sw_checksummed++;
+    return 1;
+}
+
 /* Write one frame from a ring into the gathered guest buffers. */
 static void deliver(struct sv3_port *p, struct sv3_vring *vr, const struct sv3_frame *f,
                     const struct sv3_seg *segs, uint32_t nsegs, const uint16_t *heads,
                     const uint32_t *lens, int nchains)
 {
-    uint8_t hdr[12] = {0};
+    uint8_t hdr[12];
     int k;
 
-    hdr[10] = (uint8_t)nchains;          /* num_buffers, le16 */
-    hdr[11] = (uint8_t)(nchains >> 8);
+    hdr[0] = f->flags & SV3_NET_HDR_F_NEEDS_CSUM;
+    if ((f->flags & SV3_NET_HDR_F_DATA_VALID) && (p->guest_offloads & SV3_ACCEPT_CSUM))
+        hdr[0] |= SV3_NET_HDR_F_DATA_VALID;         /* sv3 or the kernel checked it */
+    hdr[1] = f->gso_type;
+    put_le16(hdr + 2, f->hdr_len);
+    put_le16(hdr + 4, f->gso_size);
+    put_le16(hdr + 6, f->csum_start);
+    put_le16(hdr + 8, f->csum_offset);
+    put_le16(hdr + 10, (uint16_t)nchains);         /* num_buffers (MRG_RXBUF, VERSION_1) */
     sv3_segs_copy(segs, nsegs, 0, hdr, p->hdr_len, 1);
     sv3_segs_copy(segs, nsegs, p->hdr_len, (uint8_t *)(f + 1), f->len, 1);
     for (k = 0; k < nchains; k++) {
@@ -207,6 +242,12 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     int done = 0, k;
 
     while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
+        if (!guest_takes(p, (struct sv3_frame *)f)) {
+            p->ctr->drop_bad_header++;           /* offloads this guest dropped meanwhile */
+            sv3_ring_consume(c, f);
+            done++;
+            continue;
+        }
         if (!*warm) {               /* once per breath, when there is a frame */
             prefetch_rx_descs(vr, *avail);
             *warm = 1;

@@ -34,7 +34,7 @@ struct sv3_ring {
     uint64_t _pad0[5];
     uint64_t head;          /* consumer: bytes consumed (release store) */
     uint32_t waiting;       /* consumer: 1 = about to sleep, ring doorbell */
-    uint32_t _pad1a;
+    uint32_t accepts;       /* consumer: SV3_ACCEPT_* offloads it takes as they are */
     uint64_t _pad1[6];
     uint32_t magic;         /* master: SV3_RING_MAGIC */
     uint32_t version;       /* master: layout version, 1 */
@@ -42,8 +42,25 @@ struct sv3_ring {
     uint64_t _pad2[6];
 };
 
+/* Offloads, as bits of sv3_ring.accepts and sv3_port.host_offloads /
+ * guest_offloads: what a frame's metadata asks of its receiver. */
+#define SV3_ACCEPT_CSUM 1        /* NEEDS_CSUM: a partial checksum (GUEST_CSUM / CSUM) */
+#define SV3_ACCEPT_TSO4 2        /* GSO TCPV4 (GUEST_TSO4 / HOST_TSO4) */
+#define SV3_ACCEPT_TSO6 4        /* GSO TCPV6 (GUEST_TSO6 / HOST_TSO6) */
+#define SV3_ACCEPT_ECN 8         /* GSO with ECN (GUEST_ECN / HOST_ECN) */
+#define SV3_SCRATCH_BYTES 262144 /* sv3_port.scratch: the offload slow path */
+
+/* virtio-net header values (virtio 1.1 5.1.6) */
+#define SV3_NET_HDR_F_NEEDS_CSUM 1
+#define SV3_NET_HDR_F_DATA_VALID 2
+#define SV3_NET_HDR_GSO_TCPV4 1
+#define SV3_NET_HDR_GSO_TCPV6 4
+#define SV3_NET_HDR_GSO_ECN 128
+
 /* struct sv3_frame - the record header in front of each frame in a ring.
- * The virtio-net header fields travel with the frame (virtio 1.1 5.1.6). */
+ * The virtio-net header fields travel with the frame (virtio 1.1 5.1.6):
+ * flags NEEDS_CSUM (csum_start/offset valid) or DATA_VALID (sv3 or the
+ * kernel computed or checked the checksum), gso_* for a GSO frame. */
 struct sv3_frame {
     uint32_t len;           /* frame bytes, or SV3_FRAME_PAD */
     uint8_t flags;          /* virtio_net_hdr.flags */
@@ -132,6 +149,7 @@ struct sv3_counters {
     uint64_t hw_tx_bytes;
     uint64_t hw_rx_missed;
     uint64_t hw_crc_errors;
+    uint64_t offload_frames;    /* frames received with offload metadata (csum or GSO) */
 };
 
 /* Port kinds: which device a worker's sv3_port_run() drives.  Rings,
@@ -156,9 +174,9 @@ struct sv3_afp {
     uint8_t link_up;        /* written by Python from rtnetlink */
     uint8_t _pad[3];
     int send_errno;         /* last send() error, for the log */
-    uint8_t *scratch;       /* SV3_AFP_SCRATCH bytes (re-tagged frame, segments) */
+    uint8_t *scratch;       /* SV3_AFP_SCRATCH bytes: a re-tagged frame */
 };
-#define SV3_AFP_SCRATCH 262144
+#define SV3_AFP_SCRATCH 69632
 
 /* The 82599's queue 0 as the data path sees it (ixgbe.c; set up by
  * sv3/uplink/ixgbe.py).  Advanced descriptors, 16 bytes (datasheet 7.1.6,
@@ -229,7 +247,10 @@ struct sv3_port {
     uint32_t nwatch;
     int watch_fds[SV3_MAX_WATCH];   /* control fds (vhost-user, master, doorbell, kicks) */
     uint8_t kind;                   /* SV3_KIND_* */
-    uint8_t _pad_kind[7];
+    uint8_t host_offloads;          /* SV3_ACCEPT_*: metadata the device may send us */
+    uint8_t guest_offloads;         /* SV3_ACCEPT_*: metadata the device takes (vhost) */
+    uint8_t _pad_kind[5];
+    uint8_t *scratch;               /* SV3_SCRATCH_BYTES, owned by Python */
     struct sv3_afp *afp;            /* SV3_KIND_AF_PACKET */
     struct sv3_ixgbe *nic;          /* SV3_KIND_IXGBE */
 };
@@ -267,6 +288,8 @@ int sv3_vring_start(struct sv3_port *p, uint32_t i);
 #define SV3_OFFLOAD_BAD (-1)      /* malformed metadata or headers: drop, count */
 #define SV3_OFFLOAD_TOO_BIG (-2)  /* out buffer or SV3_GSO_MAX_SEGS too small */
 int sv3_csum_complete(uint8_t *frame, uint32_t len, uint32_t csum_start, uint32_t csum_offset);
+int sv3_offload_check(const struct sv3_port *p, struct sv3_frame *meta, uint32_t flen);
+uint8_t sv3_offload_needs(const struct sv3_frame *meta);
 int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *meta,
                     uint8_t *out, uint32_t outlen, uint32_t *lens, uint32_t max_segs);
 

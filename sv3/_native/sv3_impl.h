@@ -39,12 +39,15 @@ static inline uint64_t sv3_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static inline uint16_t le16(const uint8_t *b) { return (uint16_t)(b[0] | b[1] << 8); }
+static inline void put_le16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); }
+
 /* A buffer of a frame, at a local address (guest memory, a kernel ring). */
 struct sv3_seg { uint8_t *ptr; uint32_t len; };
 
 /* forward.c */
 int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint32_t skip,
-                uint32_t flen, const uint8_t *eth, int may_wait);
+                uint32_t flen, const uint8_t *eth, const struct sv3_frame *meta, int may_wait);
 void sv3_publish_all(struct sv3_port *p);
 int sv3_discard_inbound(struct sv3_port *p, uint64_t *reason);
 int sv3_inbound_arm(struct sv3_port *p);

@@ -11,7 +11,6 @@
 #define VRING_DESC_F_INDIRECT 4
 #define VRING_USED_F_NO_NOTIFY 1
 #define VRING_AVAIL_F_NO_INTERRUPT 1
-#define VIRTIO_NET_HDR_F_NEEDS_CSUM 1
 
 struct vring_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
 struct vring_used_elem { uint32_t id; uint32_t len; };

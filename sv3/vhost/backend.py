@@ -18,8 +18,12 @@ from .protocol import Request as R
 log = logging.getLogger("sv3.vhost")
 
 # The offer is the same on every connection (QEMU checks it on reconnect).
+# Offloads: the guest may send partial checksums and TCP GSO frames, and
+# take them; a receiver that did not negotiate them gets frames completed
+# or segmented by sv3 (sv3/_native/forward.c).
 FEATURES = (V.bit(V.F_VERSION_1) | V.bit(V.NET_F_MRG_RXBUF) | V.bit(V.RING_F_EVENT_IDX)
-            | V.bit(V.RING_F_INDIRECT_DESC) | V.bit(V.F_ANY_LAYOUT) | V.bit(P.F_PROTOCOL_FEATURES))
+            | V.bit(V.RING_F_INDIRECT_DESC) | V.bit(V.F_ANY_LAYOUT) | V.bit(P.F_PROTOCOL_FEATURES)
+            | sum(V.bit(f) for f, _ in V.HOST_OFFLOADS + V.GUEST_OFFLOADS))
 PROTOCOL_FEATURES = V.bit(P.PROTOCOL_F_MQ) | V.bit(P.PROTOCOL_F_REPLY_ACK)
 MAX_QUEUE_PAIRS = 1
 NVRINGS = 2 * MAX_QUEUE_PAIRS
@@ -124,11 +128,14 @@ class Backend:
         p.mrg_rxbuf = bool(f & V.bit(V.NET_F_MRG_RXBUF))
         p.event_idx = bool(f & V.bit(V.RING_F_EVENT_IDX))
         p.indirect = bool(f & V.bit(V.RING_F_INDIRECT_DESC))
+        p.host_offloads = V.offloads(f, V.HOST_OFFLOADS)
+        p.guest_offloads = V.offloads(f, V.GUEST_OFFLOADS)    # the worker tells its peers
         if not f & V.bit(P.F_PROTOCOL_FEATURES):
             for vr in p.vr:
                 vr.enabled = 1      # without bit 30 rings start enabled
-        log.info("%s: features 0x%x (header %d bytes, mrg_rxbuf %d, event_idx %d)",
-                 self.name, f, p.hdr_len, p.mrg_rxbuf, p.event_idx)
+        log.info("%s: features 0x%x (header %d bytes, mrg_rxbuf %d, event_idx %d, offloads "
+                 "from guest 0x%x, to guest 0x%x)", self.name, f, p.hdr_len, p.mrg_rxbuf,
+                 p.event_idx, p.host_offloads, p.guest_offloads)
 
     def get_protocol_features(self, msg):
         return P.U64.pack(PROTOCOL_FEATURES)

@@ -474,8 +474,9 @@ class Frontend(VhostClient):
             self.kick_vring(0)
         return len(heads)
 
-    def poll_frames(self, repost=True):
-        """Frames (virtio-net header stripped) in new guest RX used entries."""
+    def poll_frames(self, repost=True, with_header=False):
+        """Frames (virtio-net header stripped, or kept with with_header) in
+        new guest RX used entries."""
         entries, frames = self.rx.used(), []
         k = 0
         while k < len(entries):
@@ -485,17 +486,17 @@ class Frontend(VhostClient):
             assert nbuf >= 1 and k + nbuf <= len(entries), "bad num_buffers %d" % nbuf
             for h, n in entries[k + 1:k + nbuf]:
                 data += self.rx.read_chain([h], n)
-            frames.append(data[NET_HDR_LEN:])
+            frames.append(data if with_header else data[NET_HDR_LEN:])
             k += nbuf
         if repost and entries:
             self.post_rx()
         return frames
 
-    def recv_frames(self, count, timeout=5.0):
+    def recv_frames(self, count, timeout=5.0, with_header=False):
         """Wait for count frames; returns what arrived by the deadline."""
         frames, deadline = [], time.monotonic() + timeout
         while len(frames) < count and time.monotonic() < deadline:
-            frames += self.poll_frames()
+            frames += self.poll_frames(with_header=with_header)
             if len(frames) < count:
                 self.wait_call(0.01)
         return frames

@@ -14,9 +14,11 @@ pytestmark = pytest.mark.guest
 MAC = ["52:54:00:55:00:%02x" % i for i in range(1, 5)]
 IP = ["10.55.0.%d" % i for i in range(1, 5)]
 # What sv3 offers (sv3/vhost/backend.py): a guest must end up with these...
-WANT_BITS = {32: "VERSION_1", 15: "MRG_RXBUF", 29: "EVENT_IDX", 28: "INDIRECT_DESC"}
+WANT_BITS = {32: "VERSION_1", 15: "MRG_RXBUF", 29: "EVENT_IDX", 28: "INDIRECT_DESC",
+             0: "CSUM", 1: "GUEST_CSUM", 7: "GUEST_TSO4", 8: "GUEST_TSO6", 11: "HOST_TSO4",
+             12: "HOST_TSO6"}
 # ...and without these, which sv3 does not offer (yet).
-NOT_BITS = {0: "CSUM", 11: "HOST_TSO4", 22: "MQ", 34: "RING_PACKED", 40: "RING_RESET"}
+NOT_BITS = {22: "MQ", 34: "RING_PACKED", 40: "RING_RESET", 10: "GUEST_UFO", 14: "HOST_UFO"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,181 @@
+"""Offload metadata across the switch (virtio 1.1 5.1.6): test front-ends
+(tests/fakes/frontend.py) negotiate different offloads, one sends TSO and
+partial-checksum frames, and each receiver gets what it negotiated: the
+metadata as it was, or frames sv3 segmented / completed, checked against
+scapy.  Then fuzzed headers: dropped and counted, the worker lives."""
+import random
+import struct
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.utils import checksum
+
+from tests.fakes.frontend import DEFAULT_FEATURES, NET_HDR_LEN, attach_port, frame, mac
+
+CSUM, GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, GUEST_ECN = 0, 1, 7, 8, 9
+HOST_TSO4, HOST_TSO6, HOST_ECN = 11, 12, 13
+NEEDS_CSUM, DATA_VALID, GSO_TCPV4, GSO_TCPV6 = 1, 2, 1, 4
+SENDER = DEFAULT_FEATURES | sum(1 << b for b in (CSUM, HOST_TSO4, HOST_TSO6, HOST_ECN))
+TSO_RECEIVER = DEFAULT_FEATURES | sum(1 << b for b in (GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, GUEST_ECN))
+PLAIN = DEFAULT_FEATURES
+A, B, C, D = mac(0xA), mac(0xB), mac(0xC), mac(0xD)
+UNKNOWN = mac(0x77)                        # never learned: frames to it are flooded
+
+
+def net_hdr(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0):
+    return struct.pack("<BBHHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 0)
+
+
+def parse_hdr(data):
+    return dict(zip(("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset"),
+                    struct.unpack_from("<BBHHHH", data)))
+
+
+def partial(pkt, l3):
+    """Bytes of pkt with its L4 checksum left as Linux leaves it for
+    CHECKSUM_PARTIAL: the pseudo-header sum (with the length), not inverted."""
+    raw = bytearray(bytes(pkt))
+    l4 = 14 + len(l3) - len(l3.payload)
+    length = len(raw) - l4
+    if l3.version == 4:
+        pseudo = bytes(l3)[12:20] + struct.pack(">BBH", 0, 6, length)
+    else:
+        pseudo = bytes(l3)[8:40] + struct.pack(">IxxxB", length, 6)
+    seed = 0xFFFF - checksum(pseudo)                 # scapy's checksum() is already inverted
+    struct.pack_into(">H", raw, l4 + 16, seed)
+    return bytes(raw), l4
+
+
+def tso_frame(dst, v6=False, payload_len=20000, mss=1400):
+    l3 = IPv6(src="fd55::1", dst="fd55::2") if v6 else IP(src="10.55.0.1", dst="10.55.0.2", id=7)
+    payload = bytes(random.Random(5).getrandbits(8) for _ in range(payload_len))
+    pkt = Ether(dst=dst, src=A) / l3 / TCP(sport=5001, dport=80, seq=1000, flags="PA") / payload
+    raw, l4 = partial(pkt, pkt[1])
+    hdr = net_hdr(NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, l4 + 20, mss, l4, 16)
+    return raw, hdr, payload
+
+
+def check_segments(frames, payload, mss, v6):
+    """Frames are the TCP segments of payload with correct checksums."""
+    assert len(frames) == -(-len(payload) // mss), len(frames)
+    got = b""
+    for i, f in enumerate(frames):
+        pkt = Ether(f)
+        tcp = pkt[TCP]
+        fixed = pkt.copy()
+        del fixed[TCP].chksum
+        if not v6:
+            del fixed[IP].chksum
+            assert pkt[IP].chksum == Ether(bytes(fixed))[IP].chksum
+        assert tcp.chksum == Ether(bytes(fixed))[TCP].chksum, "segment %d: bad TCP checksum" % i
+        assert tcp.seq == 1000 + i * mss
+        got += bytes(tcp.payload)
+    assert got == payload
+
+
+@pytest.fixture
+def four(switch):
+    """A sends offloads; B and D take none; C takes them all."""
+    ports = {}
+    for name, m, feats in (("a", A, SENDER), ("b", B, PLAIN), ("c", C, TSO_RECEIVER), ("d", D, PLAIN)):
+        fe, _ = attach_port(switch, features=feats)
+        fe.post_rx()
+        ports[name] = fe
+    for fe, m in ((ports["a"], A), (ports["b"], B), (ports["c"], C), (ports["d"], D)):
+        fe.send_frames([frame(b"\xff" * 6, m)])     # every MAC learned
+    switch.wait_ports(lambda ps: sum(len(p["macs"]) for p in ps) == 4, 10, "4 MACs learned")
+    time.sleep(0.2)
+    for fe in ports.values():
+        fe.poll_frames()                             # the broadcasts
+        fe.reclaim_tx()
+    yield ports
+    for fe in ports.values():
+        fe.close()
+
+
+def send_raw(fe, data, hdr):
+    fe.tx.add_tx(data, hdr=hdr)
+    fe.kick_vring(1)
+
+
+def row_of(switch, m):
+    return [p for p in switch.ports() if p["macs"] and p["macs"][0] == ":".join("%02x" % b for b in m)][0]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_tso_flood_reaches_each_receiver_as_it_negotiated(switch, four, v6):
+    raw, hdr, payload = tso_frame(UNKNOWN, v6)
+    send_raw(four["a"], raw, hdr)
+    whole = four["c"].recv_frames(1, 5, with_header=True)
+    assert len(whole) == 1 and whole[0][NET_HDR_LEN:] == raw
+    h = parse_hdr(whole[0])
+    assert h["gso_type"] == (GSO_TCPV6 if v6 else GSO_TCPV4) and h["gso_size"] == 1400
+    assert h["flags"] == NEEDS_CSUM and h["csum_offset"] == 16
+    for rx in ("b", "d"):
+        check_segments(four[rx].recv_frames(15, 5), payload, 1400, v6)
+    a = row_of(switch, A)
+    assert a["sw_segmented"] == 1, a                # once for B and D together
+    assert a["drops"] == 0, a
+
+
+def test_partial_checksum_is_completed_only_for_who_needs_it(switch, four):
+    pkt = Ether(dst=B, src=A) / IP(src="10.55.0.1", dst="10.55.0.2") / TCP(flags="S") / (b"x" * 301)
+    raw, l4 = partial(pkt, pkt[1])
+    send_raw(four["a"], raw, net_hdr(NEEDS_CSUM, 0, 0, 0, l4, 16))
+    [got] = four["b"].recv_frames(1, 5)
+    assert got == bytes(pkt), "checksum not completed"
+    pkt.dst = C
+    raw, l4 = partial(pkt, pkt[1])
+    send_raw(four["a"], raw, net_hdr(NEEDS_CSUM, 0, 0, 0, l4, 16))
+    [got] = four["c"].recv_frames(1, 5, with_header=True)
+    assert got[NET_HDR_LEN:] == raw and parse_hdr(got)["flags"] == NEEDS_CSUM
+    assert row_of(switch, A)["sw_checksummed"] == 1
+
+
+def test_offloads_the_port_did_not_negotiate_are_dropped(switch, four):
+    """B negotiated no CSUM/HOST_TSO: its offload headers are refused."""
+    raw, hdr, _ = tso_frame(A)
+    send_raw(four["b"], raw, hdr)
+    send_raw(four["b"], raw[:200], net_hdr(NEEDS_CSUM, 0, 0, 0, 34, 16))
+    four["b"].send_frames([frame(A, B, b"after")])
+    got = four["a"].recv_frames(1, 5)
+    assert got == [frame(A, B, b"after")]
+    assert row_of(switch, B)["drop_detail"].get("drop_bad_header") == 2
+
+
+def invalid(h, flen):
+    """Headers sv3 must refuse whatever the frame holds (sv3_offload_check)."""
+    flags, gso, gso_size, start, off = h["flags"] & NEEDS_CSUM, h["gso_type"], h["gso_size"], \
+        h["csum_start"], h["csum_offset"]
+    if flags and start + off + 2 > flen:
+        return True
+    return gso != 0 and (gso & 0x7F not in (GSO_TCPV4, GSO_TCPV6) or not flags or gso_size == 0)
+
+
+def test_fuzzed_headers_are_dropped_and_counted_and_the_worker_lives(switch, four):
+    rng = random.Random(4)
+    must_drop, got = 0, []
+    for i in range(400):
+        body = bytes(rng.getrandbits(8) for _ in range(rng.choice((14, 60, 200, 1500, 3000))))
+        f = B + A + body[12:] if rng.random() < 0.8 else body
+        h = dict(flags=rng.choice((0, 1, 2, 3, 0xFF)), gso_type=rng.choice((0, 1, 3, 4, 5, 0x81, 0xFF)),
+                 hdr_len=rng.getrandbits(16), gso_size=rng.choice((0, 1, 536, 1400, 0xFFFF)),
+                 csum_start=rng.choice((0, 14, 34, 54, len(f) - 2, len(f), 0xFFFF)),
+                 csum_offset=rng.choice((6, 16, 0xFFFF)))
+        must_drop += invalid(h, len(f)) and len(f) >= 14
+        send_raw(four["a"], f, net_hdr(**h))
+        if i % 50 == 49:
+            four["a"].reclaim_tx()
+            got += four["b"].poll_frames()
+    four["a"].send_frames([frame(B, A, b"still here")])
+    got += four["b"].recv_frames(400, 3)
+    assert frame(B, A, b"still here") in got
+    a = row_of(switch, A)
+    assert a["state"] == "active" and a["drop_detail"].get("drop_bad_header", 0) >= must_drop, a
+    assert must_drop > 100
+    print("fuzz: %d of 400 headers invalid by rule, %d dropped as bad headers, %d frames to B"
+          % (must_drop, a["drop_detail"].get("drop_bad_header", 0), len(got)))
+
