@@ -142,7 +142,7 @@ class Master:
         return ["--chan-fd", str(fds[0]), "--doorbell-fd", str(fds[1]),
                 "--port-id", str(port.id), "--instance", self.instance,
                 "--batch-size", str(a.batch_size), "--poll-us", str(a.poll_us),
-                "--refresh-s", str(max(1.0, a.fdb_age / 4)),
+                "--refresh-s", str(max(1.0, a.fdb_age / 4)), "--mtu", str(a.mtu),
                 "--data-nice", str(a.data_nice), "--log-level", a.log_level]
 
     def run_worker(self, port, fds):
@@ -349,6 +349,11 @@ def parse_args(argv=None):
                          "(default %(default)s); a sender waits while its ring is full, so a "
                          "smaller ring costs rate, not frames. Memory is used as traffic "
                          "touches it")
+    ap.add_argument("--mtu", type=_mtu, default=1500, metavar="BYTES",
+                    help="largest IP packet a port may send or receive, 68..%d (default "
+                         "%%(default)s); bigger frames are dropped and counted. A guest whose "
+                         "QEMU sets host_mtu gets that instead; an AF_PACKET uplink uses its "
+                         "interface's MTU. TSO frames are not limited" % (lib.SV3_MAX_FRAME - 18))
     ap.add_argument("--uplink", type=_uplink, action="append", default=[], metavar="KIND:TARGET",
                     help="connect the switch to a network; may be given more than once. "
                          "af_packet:IFACE: a Linux interface (put in promiscuous mode, used "
@@ -382,6 +387,13 @@ def _positive(kind):
             raise argparse.ArgumentTypeError("must be > 0")
         return v
     return conv
+
+
+def _mtu(s):
+    v = int(s)
+    if not 68 <= v <= lib.SV3_MAX_FRAME - 18:
+        raise argparse.ArgumentTypeError("must be 68..%d" % (lib.SV3_MAX_FRAME - 18))
+    return v
 
 
 def _uplink(s):

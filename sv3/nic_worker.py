@@ -42,6 +42,7 @@ class AfPacketDevice:
 
     def attach(self, port):
         port.afp = self.sock.afp
+        port.mtu = self.sock.mtu()          # the interface's, not --mtu
 
     def describe(self):
         return "interface %s (index %d, MAC %s), promiscuous" % (
@@ -101,6 +102,7 @@ class Ixgbe82599Device:
 
     def attach(self, port):
         port.nic = self.nic.nic
+        port.mtu = min(port.mtu, 1500)      # no jumbo frames: 2 KiB buffers
 
     def describe(self):
         return "%s at %s, promiscuous, %s" % (

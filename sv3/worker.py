@@ -55,6 +55,7 @@ class DataWorker:
         self.port.port_id = args.port_id
         self.port.kind = kind
         self.port.batch = args.batch_size
+        self.port.mtu = args.mtu
         self.scratch = ffi.new("uint8_t[]", lib.SV3_SCRATCH_BYTES)   # the offload slow path
         self.port.scratch = self.scratch
         self.accepts = None      # guest_offloads last written into the inbound rings
@@ -277,6 +278,7 @@ def add_common_args(ap):
     ap.add_argument("--poll-us", type=int, default=0)
     ap.add_argument("--data-nice", type=int, default=0)
     ap.add_argument("--refresh-s", type=float, default=75.0)
+    ap.add_argument("--mtu", type=int, default=1500)
     ap.add_argument("--log-level", default="info")
 
 

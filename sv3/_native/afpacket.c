@@ -145,7 +145,7 @@ static int tx_one(struct sv3_port *p, struct sv3_afp *a, const struct sv3_frame 
         p->ctr->drop_bad_header++;             /* the kernel refused the slot's last frame */
     else if (st != TP_STATUS_AVAILABLE)
         return 0;
-    if ((uint64_t)TX_DATA_OFF + VNET_HDR_LEN + f->len > a->slot_size) {
+    if ((uint64_t)TX_DATA_OFF + VNET_HDR_LEN + f->len > a->slot_size || sv3_above_mtu(p, f)) {
         p->ctr->drop_oversize++;
         return 1;
     }

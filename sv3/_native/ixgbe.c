@@ -139,7 +139,7 @@ static int ixgbe_tx(struct sv3_port *p, struct sv3_ixgbe *n)
         return sv3_discard_inbound(p, &p->ctr->drop_link_down);
     for (i = 0; i < p->nin; i++) {
         while (done < p->batch && room && (f = sv3_ring_peek(&p->inb[i])) != NULL) {
-            if (f->len > n->buf_size || f->len < 14)
+            if (f->len > n->buf_size || f->len < 14 || sv3_above_mtu(p, f))
                 p->ctr->drop_oversize++;      /* above the NIC's MTU (jumbo frames are off) */
             else if (f->flags || f->gso_type)
                 p->ctr->drop_bad_header++;    /* no TX offloads programmed yet */

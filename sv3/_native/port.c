@@ -41,6 +41,11 @@ static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_
     flen = (uint32_t)(total - hl);
     sv3_segs_copy(segs, nsegs, 0, hdr, hl + 14, 0);
     meta.gso_type = hdr[1];
+    meta.len = flen;
+    if (sv3_above_mtu(p, &meta)) {
+        p->ctr->drop_oversize++;
+        return 0;
+    }
     meta.flags = hdr[0] & SV3_NET_HDR_F_NEEDS_CSUM;  /* DATA_VALID is for the device to say */
     if (!meta.flags && !meta.gso_type)
         return sv3_forward(p, segs, nsegs, hl, flen, hdr + hl, &meta, 1);
@@ -242,8 +247,11 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     int done = 0, k;
 
     while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
-        if (!guest_takes(p, (struct sv3_frame *)f)) {
-            p->ctr->drop_bad_header++;           /* offloads this guest dropped meanwhile */
+        if (sv3_above_mtu(p, f) || !guest_takes(p, (struct sv3_frame *)f)) {
+            if (sv3_above_mtu(p, f))
+                p->ctr->drop_oversize++;
+            else
+                p->ctr->drop_bad_header++;       /* offloads this guest dropped meanwhile */
             sv3_ring_consume(c, f);
             done++;
             continue;

@@ -251,6 +251,8 @@ struct sv3_port {
     uint8_t guest_offloads;         /* SV3_ACCEPT_*: metadata the device takes (vhost) */
     uint8_t _pad_kind[5];
     uint8_t *scratch;               /* SV3_SCRATCH_BYTES, owned by Python */
+    uint32_t mtu;                   /* largest IP packet; bigger non-GSO frames are dropped */
+    uint32_t _pad_mtu;
     struct sv3_afp *afp;            /* SV3_KIND_AF_PACKET */
     struct sv3_ixgbe *nic;          /* SV3_KIND_IXGBE */
 };

@@ -45,6 +45,13 @@ static inline void put_le16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v; b[1] = 
 /* A buffer of a frame, at a local address (guest memory, a kernel ring). */
 struct sv3_seg { uint8_t *ptr; uint32_t len; };
 
+/* A frame above the port's MTU (plus an Ethernet header and one VLAN
+ * tag), other than a GSO frame: dropped as oversize, never truncated. */
+static inline int sv3_above_mtu(const struct sv3_port *p, const struct sv3_frame *f)
+{
+    return p->mtu && f->len > p->mtu + 18 && !f->gso_type;   /* 0: no limit (C tests) */
+}
+
 /* forward.c */
 int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint32_t skip,
                 uint32_t flen, const uint8_t *eth, const struct sv3_frame *meta, int may_wait);

@@ -24,7 +24,7 @@ PACKET_RX_RING, PACKET_STATISTICS, PACKET_VERSION = 5, 6, 10
 PACKET_TX_RING, PACKET_VNET_HDR, PACKET_QDISC_BYPASS, PACKET_IGNORE_OUTGOING = 13, 15, 20, 23
 TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
-SIOCGIFFLAGS, SIOCGIFHWADDR = 0x8913, 0x8927
+SIOCGIFFLAGS, SIOCGIFMTU, SIOCGIFHWADDR = 0x8913, 0x8921, 0x8927
 IFF_UP, IFF_RUNNING = 0x1, 0x40
 RTMGRP_LINK, RTM_NEWLINK, RTM_DELLINK = 1, 16, 17
 
@@ -80,6 +80,9 @@ class AfPacket:
     def link_up(self):
         flags = struct.unpack_from("H", self._ifreq(SIOCGIFFLAGS), 16)[0]
         return bool(flags & IFF_UP and flags & IFF_RUNNING)
+
+    def mtu(self):
+        return struct.unpack_from("i", self._ifreq(SIOCGIFMTU), 16)[0]
 
     def mac(self):
         return self._ifreq(SIOCGIFHWADDR)[18:24]

@@ -23,8 +23,9 @@ log = logging.getLogger("sv3.vhost")
 # or segmented by sv3 (sv3/_native/forward.c).
 FEATURES = (V.bit(V.F_VERSION_1) | V.bit(V.NET_F_MRG_RXBUF) | V.bit(V.RING_F_EVENT_IDX)
             | V.bit(V.RING_F_INDIRECT_DESC) | V.bit(V.F_ANY_LAYOUT) | V.bit(P.F_PROTOCOL_FEATURES)
-            | sum(V.bit(f) for f, _ in V.HOST_OFFLOADS + V.GUEST_OFFLOADS))
-PROTOCOL_FEATURES = V.bit(P.PROTOCOL_F_MQ) | V.bit(P.PROTOCOL_F_REPLY_ACK)
+            | sum(V.bit(f) for f, _ in V.HOST_OFFLOADS + V.GUEST_OFFLOADS) | V.bit(V.NET_F_MTU))
+PROTOCOL_FEATURES = V.bit(P.PROTOCOL_F_MQ) | V.bit(P.PROTOCOL_F_REPLY_ACK) | V.bit(P.PROTOCOL_F_NET_MTU)
+MTU_RANGE = (68, lib.SV3_MAX_FRAME - 18)      # IPv4 minimum .. what a ring record holds
 MAX_QUEUE_PAIRS = 1
 NVRINGS = 2 * MAX_QUEUE_PAIRS
 MAX_VRING_NUM = 32768
@@ -52,6 +53,7 @@ TABLE = {
     R.SET_PROTOCOL_FEATURES: ("set_protocol_features", 8, "none"),
     R.GET_QUEUE_NUM: ("get_queue_num", 0, "none"),
     R.SET_VRING_ENABLE: ("set_vring_enable", 8, "none"),
+    R.NET_SET_MTU: ("net_set_mtu", 8, "none"),
 }
 
 
@@ -280,6 +282,15 @@ class Backend:
         i, num = P.VRING_STATE.unpack(msg.payload)
         i = self._vring_index(i)
         self.port.vr[i].enabled = 1 if num else 0
+
+    def net_set_mtu(self, msg):
+        """QEMU's host_mtu (the guest sees it as VIRTIO_NET_F_MTU): this
+        port's MTU instead of the switch's --mtu."""
+        mtu = self._u64(msg)
+        if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+            raise HandlerError("NET_SET_MTU %d is outside %d..%d" % (mtu, *MTU_RANGE))
+        self.port.mtu = mtu
+        log.info("%s: MTU %d", self.name, mtu)
 
     def _stop(self, i):
         """Stop vring i: the C core never touches it again until restarted."""
