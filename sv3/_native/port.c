@@ -236,7 +236,7 @@ static void prefetch_rx_descs(const struct sv3_vring *vr, uint16_t avail)
 }
 
 /* Drain one inbound ring into the guest; returns frames handled, and
- * sets p->rx_starved when the guest ran out of buffers. */
+ * sets vr->rx_starved when the guest ran out of buffers. */
 static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_cons *c, uint16_t *avail,
                    int *warm)
 {
@@ -264,8 +264,8 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
         if (k == -2)
             break;
         if (k == 0) {
-            p->rx_starved = 1;                   /* wait for the guest to add buffers */
-            p->rx_starved_avail = (uint16_t)(vr->last_avail_idx + *avail);
+            vr->rx_starved = 1;                  /* wait for the guest to add buffers */
+            vr->rx_starved_avail = (uint16_t)(vr->last_avail_idx + *avail);
             break;
         }
         if (k > 0) {
@@ -281,27 +281,56 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     return done;
 }
 
-int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr)
+/* The running RX vrings (multiqueue: one per queue pair the guest enabled).
+ * Inbound ring i goes to rxq[i % n]: one peer's frames stay in order. */
+static uint32_t rx_queues(struct sv3_port *p, struct sv3_vring **rxq)
+{
+    uint32_t k, n = 0;
+    for (k = 0; k < SV3_MAX_VRINGS; k += 2)
+        if (p->vr[k].started && p->vr[k].enabled)
+            rxq[n++] = &p->vr[k];
+    return n;
+}
+
+/* Inbound rings sel, sel + nsel, ... into one RX vring. */
+int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr, uint32_t sel, uint32_t nsel)
 {
     uint32_t i, vi = (uint32_t)(vr - p->vr);
     uint16_t avail;
     int done = 0, rc, warm = 0;
 
-    p->rx_starved = 0;
-    if (!vr->started || !vr->enabled || p->broken)
-        return sv3_discard_inbound(p, p->broken ? &p->ctr->drop_broken : &p->ctr->drop_no_buffer);
+    vr->rx_starved = 0;
     rc = sv3_vring_pending(p, vr, &avail);
     if (rc) {
         broke(p, vi, rc);
         return 0;
     }
-    for (i = 0; i < p->nin && !p->broken && !p->rx_starved; i++)
+    for (i = sel; i < p->nin && !p->broken && !vr->rx_starved; i += nsel)
         done += rx_ring(p, vr, &p->inb[i], &avail, &warm);
+    p->rx_starved |= vr->rx_starved;
     if (done) {
         sv3_store_release16(used_idx(vr), vr->used_idx);
         sv3_vring_signal(p, vr);
     }
     return done;
+}
+
+/* One breath of a guest port: every TX vring, then the inbound rings. */
+static int vhost_breath(struct sv3_port *p)
+{
+    struct sv3_vring *rxq[SV3_MAX_VRINGS / 2];
+    uint32_t k, nq;
+    int work = 0;
+
+    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+        work += sv3_tx_vring(p, &p->vr[k]);
+    p->rx_starved = 0;
+    nq = rx_queues(p, rxq);
+    if (!nq || p->broken)
+        return work + sv3_discard_inbound(p, p->broken ? &p->ctr->drop_broken : &p->ctr->drop_no_buffer);
+    for (k = 0; k < nq && !p->broken; k++)
+        work += sv3_rx_vring(p, rxq[k], k, nq);
+    return work;
 }
 
 /* Up to max_breaths breaths while there is work; returns frames moved. */
@@ -316,7 +345,7 @@ int sv3_port_run(struct sv3_port *p, uint32_t max_breaths)
         else if (p->kind == SV3_KIND_IXGBE)
             work = sv3_ixgbe_run(p);
         else
-            work = sv3_tx_vring(p, &p->vr[1]) + sv3_rx_vring(p, &p->vr[0]);
+            work = vhost_breath(p);
         p->ctr->breaths++;
         total += work;
         if (!work || p->nlearn >= SV3_LEARN_MAX / 2 || p->broken)
@@ -381,39 +410,45 @@ int sv3_port_poll(struct sv3_port *p, uint64_t budget_ns, uint64_t spin_ns, uint
 }
 
 /* Before sleeping: ask for kicks and doorbells, then re-check every source
- * (a kick or frame that raced the arming is seen here).  1 = work pending. */
+ * (a kick or frame that raced the arming is seen here).  1 = work pending.
+ * An inbound ring whose RX vring is starved asks for no doorbell: only new
+ * guest buffers (a kick on that vring) can help it. */
+static int vhost_arm(struct sv3_port *p)
+{
+    struct sv3_vring *rxq[SV3_MAX_VRINGS / 2];
+    uint32_t i, k, nq = rx_queues(p, rxq);
+    uint16_t n;
+
+    for (i = 0; i < p->nin; i++)
+        if (!nq || !rxq[i % nq]->rx_starved)
+            __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
+    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+        sv3_vring_set_kicks(p, &p->vr[k], 1);
+    for (k = 0; k < nq; k++)
+        if (rxq[k]->rx_starved)
+            sv3_vring_set_kicks(p, rxq[k], 1);
+    sv3_fence();
+    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+        if (p->vr[k].started && (sv3_vring_pending(p, &p->vr[k], &n) || n))
+            return 1;
+    for (k = 0; k < nq; k++)   /* only new buffers can help, not the ones that were too few */
+        if (rxq[k]->rx_starved && sv3_load_acquire16(avail_idx(rxq[k])) != rxq[k]->rx_starved_avail)
+            return 1;
+    for (i = 0; i < p->nin; i++)
+        if ((!nq || !rxq[i % nq]->rx_starved) && !sv3_ring_empty(&p->inb[i]))
+            return 1;
+    return 0;
+}
+
 int sv3_port_arm(struct sv3_port *p)
 {
-    struct sv3_vring *rx = &p->vr[0], *tx = &p->vr[1];
-    uint16_t n;
-    uint32_t i;
-
     if (p->kind == SV3_KIND_AF_PACKET)
         return sv3_afp_arm(p);
     if (p->kind == SV3_KIND_IXGBE)
         return sv3_ixgbe_arm(p);
-    if (!p->rx_starved || p->broken)   /* broken: frames still come, to be discarded */
-        for (i = 0; i < p->nin; i++)
-            __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
-    if (p->broken) {
-        sv3_fence();
-        for (i = 0; i < p->nin; i++)
-            if (!sv3_ring_empty(&p->inb[i]))
-                return 1;
-        return 0;
-    }
-    sv3_vring_set_kicks(p, tx, 1);
-    if (p->rx_starved)
-        sv3_vring_set_kicks(p, rx, 1);
-    sv3_fence();
-    if (tx->started && (sv3_vring_pending(p, tx, &n) || n))
-        return 1;
-    if (p->rx_starved)    /* only new buffers can help, not the ones that were too few */
-        return rx->started && sv3_load_acquire16(avail_idx(rx)) != p->rx_starved_avail;
-    for (i = 0; i < p->nin; i++)
-        if (!sv3_ring_empty(&p->inb[i]))
-            return 1;
-    return 0;
+    if (p->broken)                   /* frames still come, to be discarded */
+        return sv3_inbound_arm(p);
+    return vhost_arm(p);
 }
 
 void sv3_port_disarm(struct sv3_port *p)
@@ -421,10 +456,9 @@ void sv3_port_disarm(struct sv3_port *p)
     uint32_t i;
     for (i = 0; i < p->nin; i++)
         __atomic_store_n(&p->inb[i].ring->waiting, 0, __ATOMIC_RELAXED);
-    if (p->kind == SV3_KIND_VHOST) {
-        sv3_vring_set_kicks(p, &p->vr[0], 0);
-        sv3_vring_set_kicks(p, &p->vr[1], 0);
-    }
+    if (p->kind == SV3_KIND_VHOST)
+        for (i = 0; i < SV3_MAX_VRINGS; i++)
+            sv3_vring_set_kicks(p, &p->vr[i], 0);
     p->ctr->wakeups++;
 }
 

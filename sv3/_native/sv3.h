@@ -12,11 +12,11 @@
  */
 
 #define SV3_MAX_REGIONS 8        /* vhost-user SET_MEM_TABLE limit */
-#define SV3_MAX_VRINGS 2         /* one queue pair: vring 0 guest RX, 1 guest TX */
+#define SV3_MAX_VRINGS 16        /* 8 queue pairs: vring 2k guest RX, 2k+1 guest TX */
 #define SV3_MAX_PEERS 64         /* other ports one worker can reach */
 #define SV3_MAX_BATCH 256        /* chains or frames per source per breath */
 #define SV3_LEARN_MAX 16         /* MAC reports collected per run call */
-#define SV3_MAX_WATCH 8          /* control fds sv3_port_poll() looks at */
+#define SV3_MAX_WATCH 24         /* control fds sv3_port_poll() looks at */
 #define SV3_MAX_FRAME 65550      /* 64 KiB GSO frame plus an Ethernet header */
 #define SV3_MAX_SEGS 64          /* buffers per guest TX chain / per RX frame */
 #define SV3_RING_MAGIC 0x53563352
@@ -116,7 +116,8 @@ struct sv3_vring {
     uint8_t started;        /* SET_VRING_KICK seen and ring translated */
     uint8_t enabled;        /* SET_VRING_ENABLE 1 */
     uint8_t notify_armed;   /* guest kicks currently wanted */
-    uint8_t _pad[3];
+    uint8_t rx_starved;     /* RX: frames wait for guest buffers on this vring */
+    uint16_t rx_starved_avail; /* RX: avail->idx when that was seen */
     int kick_fd;
     int call_fd;
 };
@@ -228,8 +229,8 @@ struct sv3_port {
     uint8_t indirect;
     uint8_t broken;         /* SV3_BROKEN_*, first reason; vrings untouched */
     uint8_t broken_vring;
-    uint8_t rx_starved;     /* frames wait for guest RX buffers */
-    uint16_t rx_starved_avail; /* guest RX avail->idx when that was seen */
+    uint8_t rx_starved;     /* some RX vring waits for guest buffers */
+    uint16_t _pad_rx;
     uint16_t batch;
     uint32_t nregions;
     struct sv3_region regions[SV3_MAX_REGIONS];

@@ -33,5 +33,5 @@ void sv3_vring_signal(struct sv3_port *p, struct sv3_vring *vr);
 void sv3_vring_set_kicks(struct sv3_port *p, struct sv3_vring *vr, int want);
 int sv3_vring_pending(struct sv3_port *p, struct sv3_vring *vr, uint16_t *count);
 int sv3_tx_vring(struct sv3_port *p, struct sv3_vring *vr);
-int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr);
+int sv3_rx_vring(struct sv3_port *p, struct sv3_vring *vr, uint32_t sel, uint32_t nsel);
 #endif

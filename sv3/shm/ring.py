@@ -4,7 +4,8 @@ Layout of one segment (struct sv3_ring in sv3/_native/sv3.h, 192 bytes,
 then `size` data bytes, size a power of two):
 
     line 0  tail, frames, drops     written by the producer only
-    line 1  head, waiting           written by the consumer only
+    line 1  head, waiting, accepts  written by the consumer only (accepts:
+            the SV3_ACCEPT_* offloads it takes as they are)
     line 2  magic, version, size    written by the master at creation
     data    records: struct sv3_frame (16 B: len, virtio-net header
             fields) + frame bytes, each record 16-byte aligned

@@ -23,10 +23,11 @@ log = logging.getLogger("sv3.vhost")
 # or segmented by sv3 (sv3/_native/forward.c).
 FEATURES = (V.bit(V.F_VERSION_1) | V.bit(V.NET_F_MRG_RXBUF) | V.bit(V.RING_F_EVENT_IDX)
             | V.bit(V.RING_F_INDIRECT_DESC) | V.bit(V.F_ANY_LAYOUT) | V.bit(P.F_PROTOCOL_FEATURES)
-            | sum(V.bit(f) for f, _ in V.HOST_OFFLOADS + V.GUEST_OFFLOADS) | V.bit(V.NET_F_MTU))
+            | sum(V.bit(f) for f, _ in V.HOST_OFFLOADS + V.GUEST_OFFLOADS) | V.bit(V.NET_F_MTU)
+            | V.bit(V.NET_F_MQ))
 PROTOCOL_FEATURES = V.bit(P.PROTOCOL_F_MQ) | V.bit(P.PROTOCOL_F_REPLY_ACK) | V.bit(P.PROTOCOL_F_NET_MTU)
 MTU_RANGE = (68, lib.SV3_MAX_FRAME - 18)      # IPv4 minimum .. what a ring record holds
-MAX_QUEUE_PAIRS = 1
+MAX_QUEUE_PAIRS = 8        # one worker serves them all (sv3/_native/port.c vhost_breath)
 NVRINGS = 2 * MAX_QUEUE_PAIRS
 MAX_VRING_NUM = 32768
 

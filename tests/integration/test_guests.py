@@ -18,7 +18,7 @@ WANT_BITS = {32: "VERSION_1", 15: "MRG_RXBUF", 29: "EVENT_IDX", 28: "INDIRECT_DE
              0: "CSUM", 1: "GUEST_CSUM", 7: "GUEST_TSO4", 8: "GUEST_TSO6", 11: "HOST_TSO4",
              12: "HOST_TSO6"}
 # ...and without these, which sv3 does not offer (yet).
-NOT_BITS = {22: "MQ", 34: "RING_PACKED", 40: "RING_RESET", 10: "GUEST_UFO", 14: "HOST_UFO"}
+NOT_BITS = {34: "RING_PACKED", 40: "RING_RESET", 10: "GUEST_UFO", 14: "HOST_UFO"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,3 +128,24 @@ def test_idle_guests_cost_no_cpu(switch):
     print("switch CPU with two idle guests: %.2f %% of one CPU" % (100 * used))
     assert all(p["state"] == "active" for p in ports), explain(switch)
     assert used < 0.02, explain(switch)
+
+
+def test_multiqueue_guest_talks_to_a_single_queue_guest(switch):
+    """mq=on, queues=2, -smp 2 on one side: both queue pairs start, and TCP
+    with two streams runs both ways."""
+    a = guest(0, switch, iperf_server_cmd() + iperf_server_cmd(), queues=2, smp=2)
+    b = guest(1, switch, ping_cmd(IP[0]) + iperf_client_cmd(IP[0], seconds=4, parallel=2)
+              + iperf_client_cmd(IP[0], seconds=4, parallel=2, reverse=True))
+    with a, b:
+        a.start()
+        b.start()
+        rb, ra = b.wait(), a.wait()
+    info = explain(switch, ra, rb)
+    assert ra.exit_code == 0 and rb.exit_code == 0, info
+    assert ra.status.get("queues") == "2" and feature_bit(ra.status["features"], 22), info
+    assert not feature_bit(rb.status["features"], 22) or rb.status.get("queues") == "1", info
+    for run in rb.find_all("iperf"):
+        assert run["rc"] == "0" and float(run["mbps"]) > 1.0, info
+    log = switch.log()
+    assert "vring 2 started" in log and "vring 3 started" in log, info
+    print("multiqueue guest: %s" % [r["mbps"] for r in rb.find_all("iperf")])
