@@ -118,8 +118,8 @@ static int enqueue_slow(struct sv3_port *p, struct sv3_ring_prod *o, struct slow
 
 static int to_ring(struct sv3_port *p, struct sv3_ring_prod *o, struct slow *s, int may_wait)
 {
-    uint32_t accepts = __atomic_load_n(&o->ring->accepts, __ATOMIC_RELAXED);
-    if (sv3_offload_needs(s->meta) & ~accepts)
+    uint8_t need = sv3_offload_needs(s->meta);   /* accepts shares the consumer's line: */
+    if (need && (need & ~__atomic_load_n(&o->ring->accepts, __ATOMIC_RELAXED)))  /* read it rarely */
         return enqueue_slow(p, o, s, may_wait);
     return enqueue(o, s->segs, s->nsegs, s->skip, s->flen, s->meta, may_wait);
 }

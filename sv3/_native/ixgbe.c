@@ -141,8 +141,8 @@ static int ixgbe_tx(struct sv3_port *p, struct sv3_ixgbe *n)
         while (done < p->batch && room && (f = sv3_ring_peek(&p->inb[i])) != NULL) {
             if (f->len > n->buf_size || f->len < 14 || sv3_above_mtu(p, f))
                 p->ctr->drop_oversize++;      /* above the NIC's MTU (jumbo frames are off) */
-            else if (f->flags || f->gso_type)
-                p->ctr->drop_bad_header++;    /* no TX offloads programmed yet */
+            else if ((f->flags & SV3_NET_HDR_F_NEEDS_CSUM) || f->gso_type)
+                p->ctr->drop_bad_header++;    /* no TX offloads programmed: senders complete them */
             else {
                 tx_fill(n, f);
                 room--;
