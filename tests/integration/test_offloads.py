@@ -118,3 +118,20 @@ def test_fuzzed_headers_are_dropped_and_counted_and_the_worker_lives(switch, fou
     print("fuzz: %d of 400 headers invalid by rule, %d dropped as bad headers, %d frames to B"
           % (must_drop, a["drop_detail"].get("drop_bad_header", 0), len(got)))
 
+
+
+def test_legacy_header_sender(switch, four):
+    """A legacy driver (no VERSION_1, no MRG_RXBUF) uses the 10-byte header
+    (virtio 1.1 5.1.6): its TSO frames are parsed from it alike."""
+    from tests.fakes.frontend import F_INDIRECT_DESC, F_PROTOCOL_FEATURES
+    from tests.helpers.packets import CSUM, HOST_TSO4
+    legacy = sum(1 << b for b in (F_INDIRECT_DESC, F_PROTOCOL_FEATURES, CSUM, HOST_TSO4))
+    fe, _ = attach_port(switch, features=legacy)
+    try:
+        raw, hdr, payload = tso_frame(B)
+        fe.tx.add_tx(raw, hdr=hdr[:10])
+        fe.kick_vring(1)
+        check_segments(four["b"].recv_frames(15, 5), payload, 1400, False)
+        assert "header 10 bytes" in switch.log()
+    finally:
+        fe.close()
