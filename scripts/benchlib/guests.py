@@ -1,14 +1,7 @@
-"""Two TCG test guests measuring TCP to each other, for scripts/bench-guests.
-
-VhostGuest   tests.helpers.guest.Guest (contrib/qemu/sv3-qemu on a vhost-user
-             socket), optionally pinned with taskset.
-TapGuest     the same guest, kernel, initrd, append line, RAM and CPU, but
-             with a tap NIC (QEMU's userspace tap backend, vhost=off) inside
-             a network namespace; Guest supplies logging, timeout and stop.
-BridgeNetns  a private namespace with br0 and tap0/tap1, deleted on exit.
-CpuSampler   CPU ticks of a set of PIDs, sampled in a thread, so that the
-             CPU % of any window (from guest console times) can be read.
-"""
+"""Two TCG test guests measuring TCP to each other, for scripts/bench-guests:
+VhostGuest (tests.helpers.guest.Guest, pinned), TapGuest (same guest on a tap
+NIC in a netns), BridgeNetns (br0 + tap0/tap1 in a private namespace) and
+CpuSampler (CPU ticks of some PIDs, read back for any time window)."""
 from __future__ import annotations
 
 import subprocess
