@@ -93,7 +93,7 @@ class BridgeNetns:
 class CpuSampler:
     """Samples cpu_ticks(pids()) every `period` s in a daemon thread."""
 
-    def __init__(self, pids, period=0.5):
+    def __init__(self, pids, period=0.2):
         self.pids, self.period = pids, period
         self.samples = []               # (time.monotonic(), {pid: ticks})
         self._stop = threading.Event()
@@ -116,12 +116,13 @@ class CpuSampler:
         return False
 
     def percent(self, t0, t1):
-        """CPU % (100 = one CPU) between the samples bracketing [t0, t1]."""
+        """CPU % (100 = one CPU) from the last sample before t0 to the last
+        before t1 (processes such as sv3's workers may be gone just after)."""
         before = [s for s in self.samples if s[0] <= t0] or self.samples[:1]
-        after = [s for s in self.samples if s[0] >= t1] or self.samples[-1:]
-        if not before or not after or after[0][0] <= before[-1][0]:
+        upto = [s for s in self.samples if s[0] <= t1]
+        if not before or not upto or upto[-1][0] <= before[-1][0]:
             return None
-        (ta, a), (tb, b) = before[-1], after[0]
+        (ta, a), (tb, b) = before[-1], upto[-1]
         return cpu_percent(a, b, tb - ta)
 
 
