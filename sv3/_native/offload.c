@@ -295,22 +295,6 @@ int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *
     return (int)nseg;
 }
 
-/* What a frame's metadata asks of its receiver (SV3_ACCEPT_* bits). */
-uint8_t sv3_offload_needs(const struct sv3_frame *m)
-{
-    uint8_t type = m->gso_type & ~SV3_NET_HDR_GSO_ECN, n = 0;
-
-    if (m->flags & SV3_NET_HDR_F_NEEDS_CSUM)
-        n |= SV3_ACCEPT_CSUM;
-    if (type == SV3_NET_HDR_GSO_TCPV4)
-        n |= SV3_ACCEPT_TSO4;
-    else if (type == SV3_NET_HDR_GSO_TCPV6)
-        n |= SV3_ACCEPT_TSO6;
-    if (m->gso_type & SV3_NET_HDR_GSO_ECN)
-        n |= SV3_ACCEPT_ECN;
-    return n;
-}
-
 /* A virtio-net header from a guest or the kernel (virtio 1.1 5.1.6.2), for
  * a frame of flen bytes: clear the fields that do not apply; refuse what the
  * port did not negotiate (p->host_offloads) and what cannot be right (a

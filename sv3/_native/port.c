@@ -286,7 +286,7 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
 static uint32_t rx_queues(struct sv3_port *p, struct sv3_vring **rxq)
 {
     uint32_t k, n = 0;
-    for (k = 0; k < SV3_MAX_VRINGS; k += 2)
+    for (k = 0; k < p->nvrings; k += 2)
         if (p->vr[k].started && p->vr[k].enabled)
             rxq[n++] = &p->vr[k];
     return n;
@@ -322,7 +322,7 @@ static int vhost_breath(struct sv3_port *p)
     uint32_t k, nq;
     int work = 0;
 
-    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+    for (k = 1; k < p->nvrings; k += 2)
         work += sv3_tx_vring(p, &p->vr[k]);
     p->rx_starved = 0;
     nq = rx_queues(p, rxq);
@@ -422,13 +422,13 @@ static int vhost_arm(struct sv3_port *p)
     for (i = 0; i < p->nin; i++)
         if (!nq || !rxq[i % nq]->rx_starved)
             __atomic_store_n(&p->inb[i].ring->waiting, 1, __ATOMIC_RELAXED);
-    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+    for (k = 1; k < p->nvrings; k += 2)
         sv3_vring_set_kicks(p, &p->vr[k], 1);
     for (k = 0; k < nq; k++)
         if (rxq[k]->rx_starved)
             sv3_vring_set_kicks(p, rxq[k], 1);
     sv3_fence();
-    for (k = 1; k < SV3_MAX_VRINGS; k += 2)
+    for (k = 1; k < p->nvrings; k += 2)
         if (p->vr[k].started && (sv3_vring_pending(p, &p->vr[k], &n) || n))
             return 1;
     for (k = 0; k < nq; k++)   /* only new buffers can help, not the ones that were too few */
@@ -475,6 +475,8 @@ int sv3_vring_start(struct sv3_port *p, uint32_t i)
     vr->used_idx = sv3_load_acquire16(used_idx(vr));
     vr->signalled_used = vr->used_idx;
     vr->started = 1;
+    if (p->nvrings < (i | 1) + 1)
+        p->nvrings = (uint8_t)((i | 1) + 1);    /* the whole pair: breaths look this far */
     sv3_vring_set_kicks(p, vr, 0);
     return 0;
 }

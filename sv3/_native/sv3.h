@@ -250,7 +250,8 @@ struct sv3_port {
     uint8_t kind;                   /* SV3_KIND_* */
     uint8_t host_offloads;          /* SV3_ACCEPT_*: metadata the device may send us */
     uint8_t guest_offloads;         /* SV3_ACCEPT_*: metadata the device takes (vhost) */
-    uint8_t _pad_kind[5];
+    uint8_t nvrings;                /* vhost: vrings below this may be started (C only) */
+    uint8_t _pad_kind[4];
     uint8_t *scratch;               /* SV3_SCRATCH_BYTES, owned by Python */
     uint32_t mtu;                   /* largest IP packet; bigger non-GSO frames are dropped */
     uint32_t _pad_mtu;
@@ -292,7 +293,6 @@ int sv3_vring_start(struct sv3_port *p, uint32_t i);
 #define SV3_OFFLOAD_TOO_BIG (-2)  /* out buffer or SV3_GSO_MAX_SEGS too small */
 int sv3_csum_complete(uint8_t *frame, uint32_t len, uint32_t csum_start, uint32_t csum_offset);
 int sv3_offload_check(const struct sv3_port *p, struct sv3_frame *meta, uint32_t flen);
-uint8_t sv3_offload_needs(const struct sv3_frame *meta);
 int sv3_gso_segment(const uint8_t *frame, uint32_t len, const struct sv3_frame *meta,
                     uint8_t *out, uint32_t outlen, uint32_t *lens, uint32_t max_segs);
 

@@ -52,6 +52,24 @@ static inline int sv3_above_mtu(const struct sv3_port *p, const struct sv3_frame
     return p->mtu && f->len > p->mtu + 18 && !f->gso_type;   /* 0: no limit (C tests) */
 }
 
+/* What a frame's metadata asks of its receiver (SV3_ACCEPT_* bits); per
+ * frame and destination, so inline and quick for a frame without any. */
+static inline uint8_t sv3_offload_needs(const struct sv3_frame *m)
+{
+    uint8_t type = m->gso_type & ~SV3_NET_HDR_GSO_ECN, n;
+
+    if (!(m->flags & SV3_NET_HDR_F_NEEDS_CSUM) && !m->gso_type)
+        return 0;
+    n = (m->flags & SV3_NET_HDR_F_NEEDS_CSUM) ? SV3_ACCEPT_CSUM : 0;
+    if (type == SV3_NET_HDR_GSO_TCPV4)
+        n |= SV3_ACCEPT_TSO4;
+    else if (type == SV3_NET_HDR_GSO_TCPV6)
+        n |= SV3_ACCEPT_TSO6;
+    if (m->gso_type & SV3_NET_HDR_GSO_ECN)
+        n |= SV3_ACCEPT_ECN;
+    return n;
+}
+
 /* forward.c */
 int sv3_forward(struct sv3_port *p, const struct sv3_seg *segs, uint32_t nsegs, uint32_t skip,
                 uint32_t flen, const uint8_t *eth, const struct sv3_frame *meta, int may_wait);
