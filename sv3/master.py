@@ -26,6 +26,7 @@ from .fdb import DEFAULT_AGE, MacTable, fmt_mac
 from .ports import PortTable
 from .shm import names
 from .shm import snapshot as snap
+from .vhost.backend import MTU_RANGE
 
 log = logging.getLogger("sv3.master")
 PUBLISH_GAP_S = 0.01     # at most one snapshot per 10 ms
@@ -350,10 +351,10 @@ def parse_args(argv=None):
                          "smaller ring costs rate, not frames. Memory is used as traffic "
                          "touches it")
     ap.add_argument("--mtu", type=_mtu, default=1500, metavar="BYTES",
-                    help="largest IP packet a port may send or receive, 68..%d (default "
+                    help="largest IP packet a port may send or receive, %d..%d (default "
                          "%%(default)s); bigger frames are dropped and counted. A guest whose "
                          "QEMU sets host_mtu gets that instead; an AF_PACKET uplink uses its "
-                         "interface's MTU. TSO frames are not limited" % (lib.SV3_MAX_FRAME - 18))
+                         "interface's MTU. TSO frames are not limited" % MTU_RANGE)
     ap.add_argument("--uplink", type=_uplink, action="append", default=[], metavar="KIND:TARGET",
                     help="connect the switch to a network; may be given more than once. "
                          "af_packet:IFACE: a Linux interface (put in promiscuous mode, used "
@@ -391,8 +392,8 @@ def _positive(kind):
 
 def _mtu(s):
     v = int(s)
-    if not 68 <= v <= lib.SV3_MAX_FRAME - 18:
-        raise argparse.ArgumentTypeError("must be 68..%d" % (lib.SV3_MAX_FRAME - 18))
+    if not MTU_RANGE[0] <= v <= MTU_RANGE[1]:
+        raise argparse.ArgumentTypeError("must be %d..%d" % MTU_RANGE)
     return v
 
 

@@ -19,7 +19,7 @@ import sys
 from . import ipc, states
 from ._native import ffi, lib
 from .fdb import fmt_mac
-from .uplink import afpacket, parse
+from .uplink import afpacket, ixgbe, parse
 from .worker import DataWorker, add_common_args, drain, start
 
 STATS_EVERY_S = 1.0
@@ -94,7 +94,6 @@ class Ixgbe82599Device:
     offloads = 0            # no TX offloads programmed, no RX metadata
 
     def __init__(self, target):
-        from .uplink import ixgbe
         self.target = target
         self.nic = ixgbe.Ixgbe82599(target)
         self.nic.init()

@@ -94,9 +94,11 @@ static int rx_slot(struct sv3_port *p, struct sv3_afp *a, struct tpacket2_hdr *h
         p->ctr->drop_bad_header++;                 /* e.g. UDP GSO: not taken */
         return 0;
     }
+    if (forward_buf(p, frame, len, &meta))
+        return 1;
     if (meta.flags & SV3_NET_HDR_F_NEEDS_CSUM || meta.gso_type)
         p->ctr->offload_frames++;
-    return forward_buf(p, frame, len, &meta);
+    return 0;
 }
 
 static int afp_rx(struct sv3_port *p, struct sv3_afp *a)

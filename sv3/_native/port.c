@@ -247,11 +247,10 @@ static int rx_ring(struct sv3_port *p, struct sv3_vring *vr, struct sv3_ring_con
     int done = 0, k;
 
     while (done < p->batch && (f = sv3_ring_peek(c)) != NULL) {
-        if (sv3_above_mtu(p, f) || !guest_takes(p, (struct sv3_frame *)f)) {
-            if (sv3_above_mtu(p, f))
-                p->ctr->drop_oversize++;
-            else
-                p->ctr->drop_bad_header++;       /* offloads this guest dropped meanwhile */
+        uint64_t *drop = sv3_above_mtu(p, f) ? &p->ctr->drop_oversize :
+                         guest_takes(p, (struct sv3_frame *)f) ? NULL : &p->ctr->drop_bad_header;
+        if (drop) {                  /* bad_header: offloads this guest dropped meanwhile */
+            (*drop)++;
             sv3_ring_consume(c, f);
             done++;
             continue;
