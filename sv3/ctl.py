@@ -27,13 +27,14 @@ def query(sock_path, cmd, timeout=5.0, **opts):
 
 
 def print_ports(rows):
-    print("%-5s %-22s %-11s %-8s %-18s %12s %14s %12s %14s %8s" % (
+    print("%-5s %-22s %-11s %-8s %-18s %12s %14s %12s %14s %8s  %s" % (
         "PORT", "GUEST PID / UPLINK", "STATE", "FEATURES", "MACS", "RX_FRAMES", "RX_BYTES",
-        "TX_FRAMES", "TX_BYTES", "DROPS"))
+        "TX_FRAMES", "TX_BYTES", "DROPS", "OFFLOADED/SEGMENTED/CHECKSUMMED"))
     for r in rows:
-        print("%-5d %-22s %-11s %-8s %-18s %12d %14d %12d %14d %8d" % (
+        print("%-5d %-22s %-11s %-8s %-18s %12d %14d %12d %14d %8d  %d/%d/%d" % (
             r["port"], r.get("uplink") or r["pid"], r["state"], r["features"], ",".join(r["macs"]) or "-",
-            r["rx_frames"], r["rx_bytes"], r["tx_frames"], r["tx_bytes"], r["drops"]))
+            r["rx_frames"], r["rx_bytes"], r["tx_frames"], r["tx_bytes"], r["drops"],
+            r.get("offload_frames", 0), r.get("sw_segmented", 0), r.get("sw_checksummed", 0)))
 
 
 def print_fdb(rows):
@@ -53,7 +54,9 @@ def main(argv=None):
                     help="ports: also list recently detached ports (state gone) with their "
                          "final counters")
     ap.add_argument("command", choices=["ports", "fdb"],
-                    help="ports: per-port state, guest pid, MACs and counters; "
+                    help="ports: per-port state, guest pid or uplink, MACs and counters "
+                         "(the last column: frames that came with offload metadata, frames "
+                         "sv3 segmented, checksums it completed); "
                          "fdb: the MAC table (MAC, port, age in seconds)")
     args = ap.parse_args(argv)
     try:

@@ -4,6 +4,8 @@ partial-checksum frames, and each receiver gets what it negotiated: the
 metadata as it was, or frames sv3 segmented / completed, checked against
 scapy.  Then fuzzed headers: dropped and counted, the worker lives."""
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -58,6 +60,10 @@ def test_tso_flood_reaches_each_receiver_as_it_negotiated(switch, four, v6):
     a = row_of(switch, A)
     assert a["sw_segmented"] == 1, a                # once for B and D together
     assert a["drops"] == 0, a
+    table = subprocess.run([sys.executable, "-m", "sv3.ctl", "--socket", switch.socket, "ports"],
+                           capture_output=True, text=True, timeout=10).stdout
+    line = [ln for ln in table.splitlines() if ln.split()[0] == str(a["port"])][0]
+    assert "OFFLOADED/SEGMENTED/CHECKSUMMED" in table and line.endswith(" 1/1/0"), table
 
 
 def test_partial_checksum_is_completed_only_for_who_needs_it(switch, four):
