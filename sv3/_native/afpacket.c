@@ -15,14 +15,8 @@
 #include <linux/if_packet.h>
 #include "vring.h"
 
-#define VNET_HDR_LEN 10                 /* struct virtio_net_hdr */
 #define TX_DATA_OFF TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 #define ETH_P_8021Q 0x8100
-
-struct vnet_hdr {                       /* virtio 1.1 5.1.6, little endian */
-    uint8_t flags, gso_type;
-    uint16_t hdr_len, gso_size, csum_start, csum_offset;
-} __attribute__((packed));
 
 static struct tpacket2_hdr *slot(uint8_t *ring, uint32_t size, uint32_t i)
 {
@@ -42,7 +36,7 @@ static int forward_buf(struct sv3_port *p, uint8_t *frame, uint32_t len, const s
 /* The kernel took the VLAN tag out of the frame (hardware offload or a
  * vlan-aware driver): put it back, the switch forwards tagged frames. */
 static uint8_t *retag(struct sv3_afp *a, const struct tpacket2_hdr *h, const uint8_t *eth,
-                      uint32_t *len, struct vnet_hdr *vh)
+                      uint32_t *len, struct sv3_frame *meta)
 {
     uint8_t *out = a->scratch;
     uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->tp_vlan_tpid : ETH_P_8021Q;
@@ -56,10 +50,10 @@ static uint8_t *retag(struct sv3_afp *a, const struct tpacket2_hdr *h, const uin
     out[15] = (uint8_t)h->tp_vlan_tci;
     memcpy(out + 16, eth + 12, *len - 12);
     *len += 4;
-    if (vh->flags & SV3_NET_HDR_F_NEEDS_CSUM)
-        vh->csum_start += 4;
-    if (vh->hdr_len)
-        vh->hdr_len += 4;
+    if (meta->flags & SV3_NET_HDR_F_NEEDS_CSUM)
+        meta->csum_start += 4;
+    if (meta->hdr_len)
+        meta->hdr_len += 4;
     return out;
 }
 
@@ -69,27 +63,20 @@ static int rx_slot(struct sv3_port *p, struct sv3_afp *a, struct tpacket2_hdr *h
     uint8_t *frame = (uint8_t *)h + h->tp_mac;
     uint32_t len = h->tp_snaplen;
     struct sv3_frame meta = {0};
-    struct vnet_hdr vh;
 
-    if (h->tp_mac < TX_DATA_OFF + VNET_HDR_LEN || (uint64_t)h->tp_mac + len > a->slot_size ||
+    if (h->tp_mac < TX_DATA_OFF + SV3_NET_HDR_LEN || (uint64_t)h->tp_mac + len > a->slot_size ||
         len < h->tp_len) {
         p->ctr->drop_oversize++;               /* cut to the slot: never forwarded */
         return 0;
     }
-    memcpy(&vh, frame - VNET_HDR_LEN, sizeof vh);
+    sv3_net_hdr_get(&meta, frame - SV3_NET_HDR_LEN);
     if (h->tp_status & TP_STATUS_VLAN_VALID) {
-        frame = retag(a, h, frame, &len, &vh);
+        frame = retag(a, h, frame, &len, &meta);
         if (!frame) {
             p->ctr->drop_oversize++;
             return 0;
         }
     }
-    meta.flags = vh.flags;
-    meta.gso_type = vh.gso_type;
-    meta.hdr_len = vh.hdr_len;
-    meta.gso_size = vh.gso_size;
-    meta.csum_start = vh.csum_start;
-    meta.csum_offset = vh.csum_offset;
     if (sv3_offload_check(p, &meta, len)) {
         p->ctr->drop_bad_header++;                 /* e.g. UDP GSO: not taken */
         return 0;
@@ -139,21 +126,21 @@ static int tx_one(struct sv3_port *p, struct sv3_afp *a, const struct sv3_frame 
 {
     struct tpacket2_hdr *h = slot(a->tx, a->slot_size, a->tx_pos);
     uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
-    struct vnet_hdr vh = { f->flags & SV3_NET_HDR_F_NEEDS_CSUM, f->gso_type, f->hdr_len, f->gso_size,
-                           f->csum_start, f->csum_offset };
     uint8_t *data = (uint8_t *)h + TX_DATA_OFF;
 
-    if (st == TP_STATUS_WRONG_FORMAT)
+    if (st == TP_STATUS_WRONG_FORMAT) {
         p->ctr->drop_bad_header++;             /* the kernel refused the slot's last frame */
+        h->tp_status = TP_STATUS_AVAILABLE;    /* counted once, even if this frame is dropped */
+    }
     else if (st != TP_STATUS_AVAILABLE)
         return 0;
-    if ((uint64_t)TX_DATA_OFF + VNET_HDR_LEN + f->len > a->slot_size || sv3_above_mtu(p, f)) {
+    if ((uint64_t)TX_DATA_OFF + SV3_NET_HDR_LEN + f->len > a->slot_size || sv3_above_mtu(p, f)) {
         p->ctr->drop_oversize++;
         return 1;
     }
-    memcpy(data, &vh, VNET_HDR_LEN);
-    memcpy(data + VNET_HDR_LEN, f + 1, f->len);
-    h->tp_len = VNET_HDR_LEN + f->len;
+    sv3_net_hdr_put(data, f, f->flags & SV3_NET_HDR_F_NEEDS_CSUM);
+    memcpy(data + SV3_NET_HDR_LEN, f + 1, f->len);
+    h->tp_len = SV3_NET_HDR_LEN + f->len;
     __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
     a->tx_pos = a->tx_pos + 1 == a->tx_slots ? 0 : a->tx_pos + 1;
     a->tx_queued++;

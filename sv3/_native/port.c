@@ -46,13 +46,10 @@ static int forward_chain(struct sv3_port *p, const struct sv3_seg *segs, uint32_
         p->ctr->drop_oversize++;
         return 0;
     }
-    meta.flags = hdr[0] & SV3_NET_HDR_F_NEEDS_CSUM;  /* DATA_VALID is for the device to say */
-    if (!meta.flags && !meta.gso_type)
+    if (!(hdr[0] & SV3_NET_HDR_F_NEEDS_CSUM) && !meta.gso_type)
         return sv3_forward(p, segs, nsegs, hl, flen, hdr + hl, &meta, 1);
-    meta.hdr_len = le16(hdr + 2);
-    meta.gso_size = le16(hdr + 4);
-    meta.csum_start = le16(hdr + 6);
-    meta.csum_offset = le16(hdr + 8);
+    sv3_net_hdr_get(&meta, hdr);
+    meta.flags &= SV3_NET_HDR_F_NEEDS_CSUM;          /* DATA_VALID is for the device to say */
     if (sv3_offload_check(p, &meta, flen)) {
         p->ctr->drop_bad_header++;
         return 0;
@@ -198,17 +195,12 @@ static void deliver(struct sv3_port *p, struct sv3_vring *vr, const struct sv3_f
                     const struct sv3_seg *segs, uint32_t nsegs, const uint16_t *heads,
                     const uint32_t *lens, int nchains)
 {
-    uint8_t hdr[12];
+    uint8_t hdr[12], flags = f->flags & SV3_NET_HDR_F_NEEDS_CSUM;
     int k;
 
-    hdr[0] = f->flags & SV3_NET_HDR_F_NEEDS_CSUM;
     if ((f->flags & SV3_NET_HDR_F_DATA_VALID) && (p->guest_offloads & SV3_ACCEPT_CSUM))
-        hdr[0] |= SV3_NET_HDR_F_DATA_VALID;         /* sv3 or the kernel checked it */
-    hdr[1] = f->gso_type;
-    put_le16(hdr + 2, f->hdr_len);
-    put_le16(hdr + 4, f->gso_size);
-    put_le16(hdr + 6, f->csum_start);
-    put_le16(hdr + 8, f->csum_offset);
+        flags |= SV3_NET_HDR_F_DATA_VALID;          /* sv3 or the kernel checked it */
+    sv3_net_hdr_put(hdr, f, flags);
     put_le16(hdr + 10, (uint16_t)nchains);         /* num_buffers (MRG_RXBUF, VERSION_1) */
     sv3_segs_copy(segs, nsegs, 0, hdr, p->hdr_len, 1);
     sv3_segs_copy(segs, nsegs, p->hdr_len, (uint8_t *)(f + 1), f->len, 1);

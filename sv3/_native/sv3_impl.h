@@ -42,6 +42,31 @@ static inline uint64_t sv3_now_ns(void)
 static inline uint16_t le16(const uint8_t *b) { return (uint16_t)(b[0] | b[1] << 8); }
 static inline void put_le16(uint8_t *b, uint16_t v) { b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); }
 
+/* The 10 bytes a virtio_net_hdr has before num_buffers (virtio 1.1 5.1.6,
+ * little endian) <-> a ring record's metadata.  A guest's header and the
+ * kernel's PACKET_VNET_HDR header have this layout; they are read into
+ * struct sv3_frame and checked (sv3_offload_check) before any use. */
+#define SV3_NET_HDR_LEN 10
+static inline void sv3_net_hdr_get(struct sv3_frame *m, const uint8_t *h)
+{
+    m->flags = h[0];
+    m->gso_type = h[1];
+    m->hdr_len = le16(h + 2);
+    m->gso_size = le16(h + 4);
+    m->csum_start = le16(h + 6);
+    m->csum_offset = le16(h + 8);
+}
+
+static inline void sv3_net_hdr_put(uint8_t *h, const struct sv3_frame *m, uint8_t flags)
+{
+    h[0] = flags;
+    h[1] = m->gso_type;
+    put_le16(h + 2, m->hdr_len);
+    put_le16(h + 4, m->gso_size);
+    put_le16(h + 6, m->csum_start);
+    put_le16(h + 8, m->csum_offset);
+}
+
 /* A buffer of a frame, at a local address (guest memory, a kernel ring). */
 struct sv3_seg { uint8_t *ptr; uint32_t len; };
 

@@ -359,6 +359,26 @@ class _Testpmd:
                 f"{self.kind} exited (rc={rc}) while {what}; log {self.log_path}:\n"
                 + self.log_tail())
 
+    def next_rates(self, nports: int, seconds: int, timeout: float | None = None) -> list[float]:
+        """The next ``seconds`` complete statistics blocks (``--stats-period
+        1``): the sum of ports 0..nports-1's Rx-pps, Mpps.  Raises
+        TestpmdError if testpmd dies or they do not come within ``timeout``
+        (default seconds + 15)."""
+        self._check_alive("measuring rates")
+        skip = len(parse_rates(self.log_text(), nports))
+        budget = seconds + 15 if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        while True:
+            got = parse_rates(self.log_text(), nports)[skip:]
+            if len(got) >= seconds:
+                return got[:seconds]
+            self._check_alive("measuring rates")
+            if time.monotonic() > deadline:
+                raise TestpmdError(
+                    f"only {len(got)} of {seconds} stats periods in {budget:g} s; "
+                    f"log {self.log_path}:\n" + self.log_tail())
+            time.sleep(0.2)
+
     def _wait_for(self, predicate, timeout: float, what: str) -> float:
         t0 = time.monotonic()
         while True:
@@ -571,20 +591,7 @@ class LoopGenerator(_Testpmd):
         (default seconds + 15).
         """
         time.sleep(warmup)
-        self._check_alive("measuring rates")
-        skip = len(parse_rates(self.log_text(), len(self.macs)))
-        budget = seconds + 15 if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        while True:
-            got = parse_rates(self.log_text(), len(self.macs))[skip:]
-            if len(got) >= seconds:
-                return got[:seconds]
-            self._check_alive("measuring rates")
-            if time.monotonic() > deadline:
-                raise TestpmdError(
-                    f"only {len(got)} of {seconds} stats periods in {budget:g} s; "
-                    f"log {self.log_path}:\n" + self.log_tail())
-            time.sleep(0.2)
+        return self.next_rates(len(self.macs), seconds, timeout)
 
 
 class RefSwitch(_Testpmd):
@@ -671,7 +678,7 @@ class RawTestpmd(_Testpmd):
     """Any other testpmd set-up: the given ``vdevs`` (each a --vdev value)
     and application ``args`` (after ``--``), optionally inside network
     namespace ``netns`` (for net_af_packet on a namespace's interface).
-    Always ``--no-pci``; stats every second (``rates()`` reads them)."""
+    Always ``--no-pci``; stats every second (``next_rates()`` reads them)."""
 
     kind = "raw"
 
@@ -699,16 +706,3 @@ class RawTestpmd(_Testpmd):
 
     def wait_started(self, timeout: float = 30.0) -> float:
         return self._wait_for(lambda t: _STATS_MARK in t, timeout, "waiting for forwarding")
-
-    def rates(self, nports: int, seconds: int) -> list[float]:
-        """The next ``seconds`` per-second Rx rates (Mpps, all ports)."""
-        skip = len(parse_rates(self.log_text(), nports))
-        deadline = time.monotonic() + seconds + 15
-        while True:
-            got = parse_rates(self.log_text(), nports)[skip:]
-            if len(got) >= seconds:
-                return got[:seconds]
-            self._check_alive("measuring rates")
-            if time.monotonic() > deadline:
-                raise TestpmdError(f"only {len(got)} stats periods; log {self.log_path}")
-            time.sleep(0.2)
